@@ -142,13 +142,16 @@ class EngineConfig(_Base):
 
     ``step_s``: evaluation resolution in event time. ``allowed_lateness_s``: the watermark trails the
     newest event by this much; events older than the watermark still count if they are at most
-    ``max_late_s`` behind it, and are rejected as ``too_late`` beyond that.
+    ``max_late_s`` behind it, and are rejected as ``too_late`` beyond that. Latency histograms are
+    kept per SLO in slots of ``histogram_slot_s``; percentiles in alerts cover the last
+    ``histogram_window_s`` of event time.
     """
 
     step_s: int = 1
     allowed_lateness_s: float = 5.0
     max_late_s: float = 300.0
     histogram_slot_s: int = 60
+    histogram_window_s: int = 300
     histogram_digits: int = 2
     histogram_max_us: int = 3_600_000_000
 
@@ -384,6 +387,9 @@ def check_config(cfg: Config, source: str) -> list[str]:
     if e.histogram_slot_s <= 0 or e.histogram_slot_s % step:
         problems.append(f"{source}: $.engine.histogram_slot_s: expected a positive multiple of "
                         f"step_s ({step}), got {e.histogram_slot_s}")
+    if e.histogram_window_s < e.histogram_slot_s or e.histogram_window_s % e.histogram_slot_s:
+        problems.append(f"{source}: $.engine.histogram_window_s: expected a multiple of "
+                        f"histogram_slot_s ({e.histogram_slot_s}), got {e.histogram_window_s}")
     if not 1 <= e.histogram_digits <= 5:
         problems.append(f"{source}: $.engine.histogram_digits: expected 1..5, got {e.histogram_digits}")
     if cfg.tick_s <= 0:

@@ -1,0 +1,256 @@
+"""The ingest-and-evaluate kernel: events in time order in, alert transitions out.
+
+State (all SLOs are rows; see :mod:`engine.plan` for the layout):
+
+- ``clock[0]``: the next evaluation instant E (ns). Events with ts in ``[E - step, E)`` belong to the
+  current step and go to ``acc`` (one add per event and SLO: the hot path).
+- ``acc[slo, 0:2]``: (total, bad) of the current step; ``cum[slo, 0:2]`` the same since the start.
+- ``rings[ring_off[k] + b % ring_n[k], slo, 0:2]``: (total, bad) of bucket ``b`` of resolution k
+  (slot-major, so that clearing a slot or subtracting a leaving bucket walks memory in order).
+- ``heads[k]``: the bucket of resolution k holding the current step, ``(E - step) // res_ns[k]``.
+- ``wsum[slo, j, 0:2]``: running sums of window j over buckets ``heads[k] - win_n[j] + 1 .. heads[k]``
+  (k = win_res[j]). Invariant between steps: ``wsum == sum of those ring buckets``.
+
+At each instant E the step's ``acc`` is added to the head bucket of every resolution and to every
+window sum, the alert rules are evaluated, and the clock moves on one step: where a resolution's
+head moves to a new bucket, the bucket leaving each of its windows is subtracted and the new head
+slot is cleared. Late events (before the current step, within ``max_late_ns``) are added directly to
+their bucket in every resolution and to the windows that still cover it.
+
+Evaluation follows the SRE Workbook's multiwindow, multi-burn-rate rule (ch. 5, table 5-8): a tier
+holds when ``b(long) > factor`` and ``b(short) > factor`` with ``b = (bad / total) / B``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Record columns (rec_i64)
+R_TS, R_SLO, R_SEV, R_ACTION, R_TIER = 0, 1, 2, 3, 4
+ACTION_RESOLVE, ACTION_TRIGGER = 0, 1
+
+# Kernel return status
+DONE, NEED_DRAIN = 0, 1
+
+# Engine counters (counters array)
+C_LATE_OK, C_TOO_LATE, C_NO_STATUS, C_NO_LATENCY, C_HIST_OVER = 0, 1, 2, 3, 4
+N_COUNTERS = 8
+
+
+@njit(cache=True)
+def _classify(slo: int, status: int, lat_us: float, status_class: np.ndarray, lat_thr_us: np.ndarray,
+              is_latency: np.ndarray) -> int:
+    """0 good, 1 bad, 2 not counted (excluded status), 3 not counted (no latency)."""
+    s = status if 0 <= status < 600 else 0
+    c = status_class[slo, s]
+    if c == 2:
+        return 2
+    if is_latency[slo]:
+        if lat_us != lat_us:  # NaN: the event carries no latency
+            return 3
+        return 1 if lat_us > lat_thr_us[slo] else 0
+    return c
+
+
+@njit(cache=True)
+def _add_late(slo: int, ts: int, w: int, bad: int, heads: np.ndarray, res_ns: np.ndarray,
+              ring_n: np.ndarray, ring_off: np.ndarray, rings: np.ndarray, wsum: np.ndarray,
+              win_res: np.ndarray, win_n: np.ndarray) -> None:
+    for k in range(res_ns.shape[0]):
+        b = ts // res_ns[k]
+        slot = ring_off[k] + b % ring_n[k]
+        rings[slot, slo, 0] += w
+        rings[slot, slo, 1] += bad
+    for j in range(win_res.shape[0]):
+        k = win_res[j]
+        b = ts // res_ns[k]
+        if b > heads[k] - win_n[j]:
+            wsum[slo, j, 0] += w
+            wsum[slo, j, 1] += bad
+
+
+@njit(cache=True)
+def _burn(bad: int, total: int, B: float) -> float:
+    return (bad / total) / B
+
+
+@njit(cache=True)
+def _evaluate_instant(E: int, n_slos: int, acc: np.ndarray, cum: np.ndarray, heads: np.ndarray, ring_n: np.ndarray,
+                      ring_off: np.ndarray, rings: np.ndarray, wsum: np.ndarray, budget: np.ndarray,
+                      rule_count: np.ndarray, rule_long: np.ndarray, rule_short: np.ndarray,
+                      rule_factor: np.ndarray, rule_sev: np.ndarray, rule_for_ns: np.ndarray,
+                      min_events: np.ndarray, keep_ns: np.ndarray, sev_enabled: np.ndarray,
+                      suppress_ticket: np.ndarray, tier_since: np.ndarray, firing: np.ndarray,
+                      inactive_since: np.ndarray, fired_tier: np.ndarray, rec_i64: np.ndarray,
+                      rec_sums: np.ndarray, n_rec: int) -> int:
+    n_res = heads.shape[0]
+    n_win = wsum.shape[1]
+    for s in range(n_slos):
+        # 1. Fold the finished step into the head buckets and the window sums.
+        at = acc[s, 0]
+        ab = acc[s, 1]
+        if at != 0 or ab != 0:
+            for k in range(n_res):
+                slot = ring_off[k] + heads[k] % ring_n[k]
+                rings[slot, s, 0] += at
+                rings[slot, s, 1] += ab
+            for j in range(n_win):
+                wsum[s, j, 0] += at
+                wsum[s, j, 1] += ab
+            cum[s, 0] += at
+            cum[s, 1] += ab
+            acc[s, 0] = 0
+            acc[s, 1] = 0
+        # 2. Tier conditions and `for`.
+        B = budget[s]
+        active0 = -1
+        active1 = -1
+        for r in range(rule_count[s]):
+            jl = rule_long[s, r]
+            js = rule_short[s, r]
+            tl = wsum[s, jl, 0]
+            ts_ = wsum[s, js, 0]
+            f = rule_factor[s, r]
+            cond = (tl >= min_events[s] and ts_ >= 1
+                    and _burn(wsum[s, jl, 1], tl, B) > f and _burn(wsum[s, js, 1], ts_, B) > f)
+            if cond:
+                if tier_since[s, r] < 0:
+                    tier_since[s, r] = E
+                if E - tier_since[s, r] >= rule_for_ns[s, r]:
+                    if rule_sev[s, r] == 0:
+                        if active0 < 0:
+                            active0 = r
+                    elif active1 < 0:
+                        active1 = r
+            else:
+                tier_since[s, r] = -1
+        # 3. Severity state machines: page first, then ticket (which may be suppressed by the page).
+        for sev in range(2):
+            act = active0 if sev == 0 else active1
+            if not sev_enabled[s, sev]:
+                continue
+            if firing[s, sev]:
+                if act >= 0:
+                    inactive_since[s, sev] = -1
+                    continue
+                if inactive_since[s, sev] < 0:
+                    inactive_since[s, sev] = E
+                if E - inactive_since[s, sev] < keep_ns[s]:
+                    continue
+                firing[s, sev] = False
+                inactive_since[s, sev] = -1
+                action = ACTION_RESOLVE
+                tier = fired_tier[s, sev]
+            else:
+                if act < 0:
+                    continue
+                if sev == 1 and suppress_ticket[s] and firing[s, 0]:
+                    continue
+                firing[s, sev] = True
+                inactive_since[s, sev] = -1
+                fired_tier[s, sev] = act
+                action = ACTION_TRIGGER
+                tier = act
+            rec_i64[n_rec, R_TS] = E
+            rec_i64[n_rec, R_SLO] = s
+            rec_i64[n_rec, R_SEV] = sev
+            rec_i64[n_rec, R_ACTION] = action
+            rec_i64[n_rec, R_TIER] = tier
+            for j in range(n_win):
+                rec_sums[n_rec, j, 0] = wsum[s, j, 0]
+                rec_sums[n_rec, j, 1] = wsum[s, j, 1]
+            n_rec += 1
+    return n_rec
+
+
+@njit(cache=True)
+def _advance_clock(E_next: int, step_ns: int, n_slos: int, heads: np.ndarray, res_ns: np.ndarray,
+                   ring_n: np.ndarray, ring_off: np.ndarray, rings: np.ndarray, wsum: np.ndarray,
+                   win_res: np.ndarray, win_n: np.ndarray) -> None:
+    """Move every resolution's head to the bucket holding the step that ends at ``E_next``."""
+    for k in range(heads.shape[0]):
+        new_head = (E_next - step_ns) // res_ns[k]
+        while heads[k] < new_head:
+            h = heads[k] + 1
+            for j in range(win_res.shape[0]):
+                if win_res[j] != k:
+                    continue
+                leave = ring_off[k] + (h - win_n[j]) % ring_n[k]
+                for s in range(n_slos):
+                    wsum[s, j, 0] -= rings[leave, s, 0]
+                    wsum[s, j, 1] -= rings[leave, s, 1]
+            slot = ring_off[k] + h % ring_n[k]
+            rings[slot, :, :] = 0
+            heads[k] = h
+
+
+@njit(cache=True)
+def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarray, weight: np.ndarray,
+        i0: int, until_ns: int,
+        csr_off: np.ndarray, csr_slo: np.ndarray,
+        status_class: np.ndarray, lat_thr_us: np.ndarray, is_latency: np.ndarray, budget: np.ndarray,
+        step_ns: int, max_late_ns: int, res_ns: np.ndarray, ring_n: np.ndarray, ring_off: np.ndarray,
+        win_res: np.ndarray, win_n: np.ndarray,
+        rule_count: np.ndarray, rule_long: np.ndarray, rule_short: np.ndarray,
+        rule_factor: np.ndarray, rule_sev: np.ndarray, rule_for_ns: np.ndarray,
+        min_events: np.ndarray, keep_ns: np.ndarray, sev_enabled: np.ndarray,
+        suppress_ticket: np.ndarray,
+        clock: np.ndarray, acc: np.ndarray, cum: np.ndarray, heads: np.ndarray, rings: np.ndarray, wsum: np.ndarray,
+        tier_since: np.ndarray, firing: np.ndarray, inactive_since: np.ndarray,
+        fired_tier: np.ndarray, counters: np.ndarray, slo_rejects: np.ndarray,
+        rec_i64: np.ndarray, rec_sums: np.ndarray) -> tuple[int, int, int]:
+    """Ingest events ``i0..`` (sorted by ts) and evaluate every instant ``E <= until_ns``.
+
+    Stops at the first event at or beyond an instant that may not be evaluated yet (``> until_ns``),
+    or when the record buffer could overflow at the next instant. Returns ``(next_event,
+    n_records, status)`` with status DONE or NEED_DRAIN.
+    """
+    n_slos = acc.shape[0]
+    n_ev = ts_ns.shape[0]
+    cap = rec_i64.shape[0]
+    n_rec = 0
+    i = i0
+    step = step_ns
+    while True:
+        E = clock[0]
+        # Ingest every event that belongs to a step before E.
+        while i < n_ev and ts_ns[i] < E:
+            t = ts_ns[i]
+            kid = key[i]
+            w = weight[i]
+            st = status[i]
+            lu = lat_us[i]
+            late = t < E - step
+            if late and t < E - step - max_late_ns:
+                counters[C_TOO_LATE] += 1
+                i += 1
+                continue
+            if late:
+                counters[C_LATE_OK] += 1
+            for p in range(csr_off[kid], csr_off[kid + 1]):
+                s = csr_slo[p]
+                c = _classify(s, st, lu, status_class, lat_thr_us, is_latency)
+                if c >= 2:
+                    slo_rejects[s, c - 2] += w
+                    continue
+                if late:
+                    cum[s, 0] += w
+                    cum[s, 1] += c * w
+                    _add_late(s, t, w, c * w, heads, res_ns, ring_n, ring_off, rings, wsum, win_res, win_n)
+                else:
+                    acc[s, 0] += w
+                    acc[s, 1] += c * w
+            i += 1
+        if E > until_ns:
+            return i, n_rec, DONE
+        if n_rec + 2 * n_slos > cap:
+            return i, n_rec, NEED_DRAIN
+        n_rec = _evaluate_instant(E, n_slos, acc, cum, heads, ring_n, ring_off, rings, wsum, budget,
+                                  rule_count, rule_long, rule_short, rule_factor, rule_sev,
+                                  rule_for_ns, min_events, keep_ns, sev_enabled, suppress_ticket,
+                                  tier_since, firing, inactive_since, fired_tier, rec_i64, rec_sums,
+                                  n_rec)
+        clock[0] = E + step
+        _advance_clock(E + step, step, n_slos, heads, res_ns, ring_n, ring_off, rings, wsum,
+                       win_res, win_n)
