@@ -27,7 +27,9 @@ from engine.config import Config
 from engine.durations import format_duration
 from engine.errors import StateError
 from engine.evaluator import budget_remaining, burn_rate
+from engine.hdr import HdrLayout
 from engine.kernels import step as K
+from engine.kernels.hdr import ring_percentiles
 from engine.plan import NS, SEVERITIES, Plan, SloPlan, build_plan
 
 
@@ -89,6 +91,16 @@ class Engine:
         self._rec_sums = np.zeros((cap, len(p.win_s), 2), np.int64)
         self._counted = np.zeros(K.N_COUNTERS, np.int64)
         self.events_ingested = 0
+        # Latency histograms: a ring of slots per SLO that keeps one (HdrHistogram layout).
+        self.hdr = HdrLayout(highest_trackable_value=p.hist_max_us, significant_figures=p.hist_digits)
+        rows = np.cumsum(p.hist_on) - 1
+        self._hist_row = np.where(p.hist_on, rows, -1).astype(np.int64)
+        self._hist = np.zeros((int(p.hist_on.sum()), p.hist_slots, self.hdr.counts_len), np.int64)
+        self._hist_head = np.zeros(1, np.int64)
+        self._pcts = np.array([50.0, 95.0, 99.0])
+        self._scratch = np.zeros(self.hdr.counts_len, np.int64)
+        self._pct_out = np.zeros(3, np.int64)
+        self._rec_pct = np.zeros((cap, 3), np.float64)
 
     # ------------------------------------------------------------------ time
 
@@ -125,6 +137,7 @@ class Engine:
         self._clock[0] = first
         for k in range(len(self.plan.res_s)):
             self._heads[k] = (first - step) // int(self.plan.res_ns[k])
+        self._hist_head[0] = (first - step) // self.plan.hist_slot_ns
 
     # ------------------------------------------------------------------ keys
 
@@ -200,6 +213,9 @@ class Engine:
                 self._clock, self._acc, self._cum, self._heads, self._rings, self._wsum,
                 self._tier_since, self._firing, self._inactive_since, self._fired_tier,
                 self._counters, self._slo_rejects, self._rec_i64, self._rec_sums,
+                self._hist, self._hist_row, self._hist_head, p.hist_slot_ns, p.hist_window_slots,
+                self.hdr.unit_magnitude, self.hdr.sub_bucket_half_count_magnitude, p.hist_max_us,
+                self._pcts, self._scratch, self._pct_out, self._rec_pct,
             )
             for r in range(n_rec):
                 out.append(self._record_to_event(r))
@@ -213,6 +229,11 @@ class Engine:
         delta = self._counters - self._counted
         if delta[K.C_TOO_LATE]:
             self.rejections.add("too_late", int(delta[K.C_TOO_LATE]))
+        # Counted in the SLOs, left out of the latency histograms only:
+        if delta[K.C_HIST_OUT_OF_RANGE]:
+            self.rejections.add("histogram_out_of_range", int(delta[K.C_HIST_OUT_OF_RANGE]))
+        if delta[K.C_HIST_TOO_LATE]:
+            self.rejections.add("histogram_too_late", int(delta[K.C_HIST_TOO_LATE]))
         self._counted = self._counters.copy()
 
     @property
@@ -274,6 +295,9 @@ class Engine:
         sev = SEVERITIES[int(rec[K.R_SEV])]
         burns, windows, remaining, _ = self._counts_dict(sp, self._rec_sums[r])
         tier = sp.tiers[int(rec[K.R_TIER])].name if rec[K.R_TIER] >= 0 else ""
+        pct = self._rec_pct[r]
+        latency = None if np.isnan(pct[0]) else {"p50": float(pct[0]), "p95": float(pct[1]),
+                                                 "p99": float(pct[2])}
         return AlertEvent(
             slo=s.name,
             severity=sev,
@@ -289,6 +313,7 @@ class Engine:
             period=format_duration(sp.period_s),
             factors={t.name: t.burn_rate_factor for t in sp.tiers},
             windows=windows,
+            latency_ms=latency,
             runbook_url=s.runbook_url,
             labels=dict(s.labels),
             description=s.description,
@@ -336,4 +361,46 @@ class Engine:
             "pending_status": pend.status.copy(),
             "pending_latency_us": pend.latency_us.copy(),
             "pending_weight": pend.weight.copy(),
+            "hist": self._hist.copy(),
+            "hist_row": self._hist_row.copy(),
+            "hist_head": self._hist_head.copy(),
         }
+
+    def latency_percentiles_ms(self, slo: str) -> dict[str, float] | None:
+        """p50/p95/p99 latency (ms) over the histogram window, or None without latency data."""
+        row = int(self._hist_row[self._slo(slo).row])
+        if row < 0 or not self.started:
+            return None
+        p = self.plan
+        n_slots = self._hist.shape[1]
+        head = int(self._hist_head[0])
+        first = (head - p.hist_window_slots + 1) % n_slots
+        total = ring_percentiles(self._hist[row], first, p.hist_window_slots, self._pcts, self._scratch,
+                                 self._pct_out, self.hdr.unit_magnitude,
+                                 self.hdr.sub_bucket_half_count_magnitude)
+        if total == 0:
+            return None
+        v = self._pct_out / 1000.0
+        return {"p50": float(v[0]), "p95": float(v[1]), "p99": float(v[2])}
+
+    def histogram_window(self, slo: str) -> npt.NDArray[np.int64] | None:
+        """The merged latency histogram (HdrHistogram counts, us) of the histogram window."""
+        row = int(self._hist_row[self._slo(slo).row])
+        if row < 0:
+            return None
+        p = self.plan
+        head = int(self._hist_head[0])
+        n_slots = self._hist.shape[1]
+        rows = [(head - k) % n_slots for k in range(p.hist_window_slots)]
+        return self._hist[row, rows].sum(axis=0)
+
+    def _restore_hist(self, arrays: dict[str, Any], mapping: list[tuple[int, int]]) -> None:
+        old_rows = arrays["hist_row"]
+        old = arrays["hist"]
+        if old.shape[1:] != self._hist.shape[1:]:
+            return  # layout or slot count changed: histograms restart empty
+        self._hist_head[:] = arrays["hist_head"]
+        for i_old, i_new in mapping:
+            ro, rn = int(old_rows[i_old]), int(self._hist_row[i_new])
+            if ro >= 0 and rn >= 0:
+                self._hist[rn] = old[ro]

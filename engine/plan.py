@@ -254,7 +254,7 @@ def build_plan(cfg: Config) -> Plan:
         rule_sev=rule_sev, rule_for_ns=rule_for_ns, min_events=min_events, keep_ns=keep_ns,
         sev_enabled=sev_enabled, suppress_ticket=suppress, budget_win=budget_win, hist_on=hist_on,
         hist_slot_ns=e.histogram_slot_s * NS,
-        # One slot more than the window: the current, partly filled slot is part of it.
+        # The window's slots (the newest partly filled) plus one spare being cleared for the next.
         hist_slots=hist_window_slots + 1, hist_window_slots=hist_window_slots,
         hist_digits=e.histogram_digits, hist_max_us=e.histogram_max_us,
         by_name={sp.slo.name: sp.row for sp in plans},

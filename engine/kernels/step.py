@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from engine.kernels.hdr import counts_index, ring_percentiles
+
 # Record columns (rec_i64)
 R_TS, R_SLO, R_SEV, R_ACTION, R_TIER = 0, 1, 2, 3, 4
 ACTION_RESOLVE, ACTION_TRIGGER = 0, 1
@@ -34,7 +36,7 @@ ACTION_RESOLVE, ACTION_TRIGGER = 0, 1
 DONE, NEED_DRAIN = 0, 1
 
 # Engine counters (counters array)
-C_LATE_OK, C_TOO_LATE, C_NO_STATUS, C_NO_LATENCY, C_HIST_OVER = 0, 1, 2, 3, 4
+C_LATE_OK, C_TOO_LATE, C_HIST_OUT_OF_RANGE, C_HIST_TOO_LATE = 0, 1, 2, 3
 N_COUNTERS = 8
 
 
@@ -71,6 +73,24 @@ def _add_late(slo: int, ts: int, w: int, bad: int, heads: np.ndarray, res_ns: np
 
 
 @njit(cache=True)
+def _hist_record(hist: np.ndarray, row: int, slot: int, lat_us: float, w: int, um: int, hm: int,
+                 hist_max_us: int, counters: np.ndarray) -> None:
+    # Round half up to a whole microsecond, as engine.kernels.hdr.record_into does.
+    if lat_us != lat_us:
+        return
+    if lat_us < 0 or lat_us > hist_max_us:
+        counters[C_HIST_OUT_OF_RANGE] += 1
+        return
+    v = np.int64(lat_us)
+    if lat_us - v >= 0.5:
+        v += 1
+    if v > hist_max_us:
+        counters[C_HIST_OUT_OF_RANGE] += 1
+        return
+    hist[row, slot, counts_index(v, um, hm)] += w
+
+
+@njit(cache=True)
 def _burn(bad: int, total: int, B: float) -> float:
     return (bad / total) / B
 
@@ -83,7 +103,9 @@ def _evaluate_instant(E: int, n_slos: int, acc: np.ndarray, cum: np.ndarray, hea
                       min_events: np.ndarray, keep_ns: np.ndarray, sev_enabled: np.ndarray,
                       suppress_ticket: np.ndarray, tier_since: np.ndarray, firing: np.ndarray,
                       inactive_since: np.ndarray, fired_tier: np.ndarray, rec_i64: np.ndarray,
-                      rec_sums: np.ndarray, n_rec: int) -> int:
+                      rec_sums: np.ndarray, n_rec: int, hist: np.ndarray, hist_row: np.ndarray,
+                      hist_head: int, hist_window: int, pcts: np.ndarray, scratch: np.ndarray,
+                      pct_out: np.ndarray, rec_pct: np.ndarray, um: int, hm: int) -> int:
     n_res = heads.shape[0]
     n_win = wsum.shape[1]
     for s in range(n_slos):
@@ -160,6 +182,16 @@ def _evaluate_instant(E: int, n_slos: int, acc: np.ndarray, cum: np.ndarray, hea
             for j in range(n_win):
                 rec_sums[n_rec, j, 0] = wsum[s, j, 0]
                 rec_sums[n_rec, j, 1] = wsum[s, j, 1]
+            hr = hist_row[s]
+            rec_pct[n_rec, 0] = np.nan
+            rec_pct[n_rec, 1] = np.nan
+            rec_pct[n_rec, 2] = np.nan
+            if hr >= 0:
+                n_slots = hist.shape[1]
+                first = (hist_head - hist_window + 1) % n_slots
+                if ring_percentiles(hist[hr], first, hist_window, pcts, scratch, pct_out, um, hm) > 0:
+                    for q in range(3):
+                        rec_pct[n_rec, q] = pct_out[q] / 1000.0
             n_rec += 1
     return n_rec
 
@@ -186,6 +218,17 @@ def _advance_clock(E_next: int, step_ns: int, n_slos: int, heads: np.ndarray, re
 
 
 @njit(cache=True)
+def _advance_hist(E_next: int, step_ns: int, hist: np.ndarray, hist_head: np.ndarray,
+                  hist_slot_ns: int) -> None:
+    new_head = (E_next - step_ns) // hist_slot_ns
+    n_slots = hist.shape[1]
+    while hist_head[0] < new_head:
+        h = hist_head[0] + 1
+        hist[:, h % n_slots, :] = 0
+        hist_head[0] = h
+
+
+@njit(cache=True)
 def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarray, weight: np.ndarray,
         i0: int, until_ns: int,
         csr_off: np.ndarray, csr_slo: np.ndarray,
@@ -199,7 +242,10 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
         clock: np.ndarray, acc: np.ndarray, cum: np.ndarray, heads: np.ndarray, rings: np.ndarray, wsum: np.ndarray,
         tier_since: np.ndarray, firing: np.ndarray, inactive_since: np.ndarray,
         fired_tier: np.ndarray, counters: np.ndarray, slo_rejects: np.ndarray,
-        rec_i64: np.ndarray, rec_sums: np.ndarray) -> tuple[int, int, int]:
+        rec_i64: np.ndarray, rec_sums: np.ndarray,
+        hist: np.ndarray, hist_row: np.ndarray, hist_head: np.ndarray, hist_slot_ns: int,
+        hist_window: int, um: int, hm: int, hist_max_us: int, pcts: np.ndarray, scratch: np.ndarray,
+        pct_out: np.ndarray, rec_pct: np.ndarray) -> tuple[int, int, int]:
     """Ingest events ``i0..`` (sorted by ts) and evaluate every instant ``E <= until_ns``.
 
     Stops at the first event at or beyond an instant that may not be evaluated yet (``> until_ns``),
@@ -212,6 +258,7 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
     n_rec = 0
     i = i0
     step = step_ns
+    n_hslots = hist.shape[1]
     while True:
         E = clock[0]
         # Ingest every event that belongs to a step before E.
@@ -234,6 +281,13 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
                 if c >= 2:
                     slo_rejects[s, c - 2] += w
                     continue
+                hr = hist_row[s]
+                if hr >= 0:
+                    hb = t // hist_slot_ns
+                    if hb > hist_head[0] - n_hslots + 1:
+                        _hist_record(hist, hr, hb % n_hslots, lu, w, um, hm, hist_max_us, counters)
+                    else:
+                        counters[C_HIST_TOO_LATE] += 1
                 if late:
                     cum[s, 0] += w
                     cum[s, 1] += c * w
@@ -250,7 +304,9 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
                                   rule_count, rule_long, rule_short, rule_factor, rule_sev,
                                   rule_for_ns, min_events, keep_ns, sev_enabled, suppress_ticket,
                                   tier_since, firing, inactive_since, fired_tier, rec_i64, rec_sums,
-                                  n_rec)
+                                  n_rec, hist, hist_row, hist_head[0], hist_window, pcts, scratch,
+                                  pct_out, rec_pct, um, hm)
         clock[0] = E + step
         _advance_clock(E + step, step, n_slos, heads, res_ns, ring_n, ring_off, rings, wsum,
                        win_res, win_n)
+        _advance_hist(E + step, step, hist, hist_head, hist_slot_ns)
