@@ -1,4 +1,4 @@
-"""The ``sloburn`` command: ``backtest``, ``validate``, ``generate``, ``run``, ``budget``, ``outbox``, ``demo``.
+"""The ``sloburn`` command: backtest, validate, generate, run, budget, outbox, demo.
 
 ``main(argv) -> int`` never lets a traceback reach the user for bad input: configuration problems
 print one line each (``file: $.path: expected ..., got ...``) and exit 2.

@@ -18,6 +18,13 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from engine.daemon_config import (
+    BudgetPolicySection,
+    DaemonSection,
+    HttpSection,
+    SinksSection,
+    SourceSection,
+)
 from engine.durations import parse_duration_s
 from engine.errors import ConfigError
 
@@ -36,7 +43,9 @@ class AvailabilitySLI(_Base):
     """Availability: bad events are those whose status matches ``bad_status``.
 
     ``bad_status`` and ``exclude_status`` take codes (``503``), classes (``"5xx"``) and ranges
-    (``"500-504"``). Excluded statuses count neither as good nor as bad (e.g. ``["4xx"]``).
+    (``"500-504"``). Excluded statuses count neither as good nor as bad (e.g. ``["4xx"]``); a code
+    listed in ``bad_status`` is bad even inside an excluded class (``bad_status: [5xx, 429]`` with
+    ``exclude_status: [4xx]``).
     """
 
     bad_status: list[str | int] = msgspec.field(default_factory=lambda: ["5xx"])
@@ -162,13 +171,14 @@ class Config(_Base):
     slos: list[SLO]
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
-    # Daemon sections (ignored by the backtester); their shapes live with the daemon.
-    source: dict[str, Any] | None = None
-    sinks: dict[str, Any] | None = None
+    # Daemon sections (ignored by the backtester); their shapes live in engine.daemon_config.
+    source: SourceSection = msgspec.field(default_factory=SourceSection)
+    sinks: SinksSection = msgspec.field(default_factory=SinksSection)
     state_dir: str | None = None
-    http: dict[str, Any] | None = None
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
     tick_s: float = 1.0
-    budget_policy: dict[str, Any] | None = None
+    budget_policy: BudgetPolicySection = msgspec.field(default_factory=BudgetPolicySection)
+    daemon: DaemonSection = msgspec.field(default_factory=DaemonSection)
 
     def slo(self, name: str) -> SLO:
         for s in self.slos:

@@ -28,7 +28,7 @@ from engine.durations import format_duration
 from engine.errors import StateError
 from engine.evaluator import budget_remaining, burn_rate
 from engine.hdr import HdrLayout
-from engine.kernels import step as K
+from engine.kernels import step as K  # noqa: N812 - K.run, K.R_TS read like the kernel's own names
 from engine.kernels.hdr import ring_percentiles
 from engine.plan import NS, SEVERITIES, Plan, SloPlan, build_plan
 

@@ -142,12 +142,14 @@ def _status_table(slo: SLO) -> npt.NDArray[np.int8]:
     table = np.zeros(600, np.int8)
     if slo.sli.availability is not None:
         av = slo.sli.availability
-        for spec in av.bad_status:
-            r = status_codes(spec)
-            table[r.start : r.stop] = STATUS_BAD
+        # Exclusions first, so that a code named bad explicitly (429) stays bad inside an
+        # excluded class (4xx).
         for spec in av.exclude_status:
             r = status_codes(spec)
             table[r.start : r.stop] = STATUS_EXCLUDED
+        for spec in av.bad_status:
+            r = status_codes(spec)
+            table[r.start : r.stop] = STATUS_BAD
         table[:100] = STATUS_EXCLUDED  # no status: an availability SLO cannot classify it
     else:
         lat = latency_sli(slo.sli)

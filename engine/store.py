@@ -47,7 +47,8 @@ class RestoreReport(msgspec.Struct, frozen=True):
     dropped: list[str]
 
 
-def snapshot(engine: Engine, extra: dict[str, Any] | None = None) -> tuple[SnapshotHeader, dict[str, npt.NDArray[Any]]]:
+def snapshot(engine: Engine, extra: dict[str, Any] | None = None,
+             ) -> tuple[SnapshotHeader, dict[str, npt.NDArray[Any]]]:
     """The engine's state as a header and a dict of arrays (copies)."""
     p = engine.plan
     header = SnapshotHeader(
@@ -104,7 +105,7 @@ def restore(engine: Engine, header: SnapshotHeader, arrays: dict[str, npt.NDArra
             engine._start(header.first_instant_ns - p.step_ns)
             engine._clock[:] = arrays["clock"]
             clock = int(engine._clock[0])
-            for k, r in enumerate(p.res_s):
+            for k in range(len(p.res_s)):
                 engine._heads[k] = (clock - p.step_ns) // int(p.res_ns[k])
             _restore_rings(engine, header, arrays, mapping)
         for name in _ROW_ARRAYS:

@@ -23,6 +23,8 @@ holds when ``b(long) > factor`` and ``b(short) > factor`` with ``b = (bad / tota
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -75,13 +77,14 @@ def _add_late(slo: int, ts: int, w: int, bad: int, heads: np.ndarray, res_ns: np
 @njit(cache=True)
 def _hist_record(hist: np.ndarray, row: int, slot: int, lat_us: float, w: int, um: int, hm: int,
                  hist_max_us: int, counters: np.ndarray) -> None:
-    # Round half up to a whole microsecond, as engine.kernels.hdr.record_into does.
+    # Round half up to a whole microsecond first, exactly as engine.kernels.hdr.record_into does,
+    # so that both record paths accept and reject the same values.
     if lat_us != lat_us:
         return
-    if lat_us < 0 or lat_us > hist_max_us:
+    if lat_us < 0 or lat_us >= 9.2e18:
         counters[C_HIST_OUT_OF_RANGE] += 1
         return
-    v = np.int64(lat_us)
+    v = np.int64(math.floor(lat_us))
     if lat_us - v >= 0.5:
         v += 1
     if v > hist_max_us:
@@ -96,7 +99,8 @@ def _burn(bad: int, total: int, B: float) -> float:
 
 
 @njit(cache=True)
-def _evaluate_instant(E: int, n_slos: int, acc: np.ndarray, cum: np.ndarray, heads: np.ndarray, ring_n: np.ndarray,
+def _evaluate_instant(E: int, n_slos: int, acc: np.ndarray, cum: np.ndarray, heads: np.ndarray,
+                      ring_n: np.ndarray,
                       ring_off: np.ndarray, rings: np.ndarray, wsum: np.ndarray, budget: np.ndarray,
                       rule_count: np.ndarray, rule_long: np.ndarray, rule_short: np.ndarray,
                       rule_factor: np.ndarray, rule_sev: np.ndarray, rule_for_ns: np.ndarray,
@@ -239,7 +243,8 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
         rule_factor: np.ndarray, rule_sev: np.ndarray, rule_for_ns: np.ndarray,
         min_events: np.ndarray, keep_ns: np.ndarray, sev_enabled: np.ndarray,
         suppress_ticket: np.ndarray,
-        clock: np.ndarray, acc: np.ndarray, cum: np.ndarray, heads: np.ndarray, rings: np.ndarray, wsum: np.ndarray,
+        clock: np.ndarray, acc: np.ndarray, cum: np.ndarray, heads: np.ndarray, rings: np.ndarray,
+        wsum: np.ndarray,
         tier_since: np.ndarray, firing: np.ndarray, inactive_since: np.ndarray,
         fired_tier: np.ndarray, counters: np.ndarray, slo_rejects: np.ndarray,
         rec_i64: np.ndarray, rec_sums: np.ndarray,
@@ -296,7 +301,7 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
                     acc[s, 0] += w
                     acc[s, 1] += c * w
             i += 1
-        if E > until_ns:
+        if until_ns < E:
             return i, n_rec, DONE
         if n_rec + 2 * n_slos > cap:
             return i, n_rec, NEED_DRAIN
