@@ -113,10 +113,16 @@ class EventBatch:
             else np.ascontiguousarray(latency_us, dtype=np.float64)
         )
         w = np.ones(n, np.int64) if weight is None else np.ascontiguousarray(weight, dtype=np.int64)
+        k = np.ascontiguousarray(key, dtype=np.int32)
+        st = np.ascontiguousarray(status, dtype=np.int16)
+        lengths = {"ts_ns": n, "key": k.shape[0], "status": st.shape[0], "latency_us": lat.shape[0],
+                   "weight": w.shape[0]}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"EventBatch columns differ in length: {lengths}")
         return cls(
             ts,
-            np.ascontiguousarray(key, dtype=np.int32),
-            np.ascontiguousarray(status, dtype=np.int16),
+            k,
+            st,
             lat,
             w,
         )

@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_backtest)
 
-    for modname in ("engine.generate", "engine.cli_outbox", "engine.cli_daemon", "engine.demo"):
+    for modname in ("engine.generate", "engine.cli_outbox", "engine.cli_daemon", "engine.cli_budget",
+                    "engine.demo"):
         _register(sub, modname)
     return parser
 

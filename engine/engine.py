@@ -275,25 +275,25 @@ class Engine:
         js = [*sp.window_index, sp.budget_window]
         return {p.win_s[j]: (int(self._wsum[sp.row, j, 1]), int(self._wsum[sp.row, j, 0])) for j in js}
 
-    def _counts_dict(self, sp: SloPlan, sums: npt.NDArray[np.int64]) -> tuple[
+    def _counts_dict(self, sp: SloPlan, sums: list[list[int]]) -> tuple[
             dict[str, float | None], dict[str, WindowCounts], float | None, WindowCounts]:
+        """Burn rates and counts from one SLO's window sums (``sums[j] == [total, bad]``)."""
         burns: dict[str, float | None] = {}
         windows: dict[str, WindowCounts] = {}
-        for w, j in zip(sp.windows_s, sp.window_index, strict=True):
-            label = format_duration(w)
-            total, bad = int(sums[j, 0]), int(sums[j, 1])
-            burns[label] = burn_rate(bad, total, sp.error_budget)
+        B = sp.error_budget
+        for label, j in zip(sp.window_labels, sp.window_index, strict=True):
+            total, bad = sums[j]
+            burns[label] = burn_rate(bad, total, B)
             windows[label] = WindowCounts(bad=bad, total=total)
-        jb = sp.budget_window
-        bt, bb = int(sums[jb, 0]), int(sums[jb, 1])
-        return burns, windows, budget_remaining(bb, bt, sp.error_budget), WindowCounts(bad=bb, total=bt)
+        bt, bb = sums[sp.budget_window]
+        return burns, windows, budget_remaining(bb, bt, B), WindowCounts(bad=bb, total=bt)
 
     def _record_to_event(self, r: int) -> AlertEvent:
         rec = self._rec_i64[r]
         sp = self.plan.slos[int(rec[K.R_SLO])]
         s = sp.slo
         sev = SEVERITIES[int(rec[K.R_SEV])]
-        burns, windows, remaining, _ = self._counts_dict(sp, self._rec_sums[r])
+        burns, windows, remaining, _ = self._counts_dict(sp, self._rec_sums[r].tolist())
         tier = sp.tiers[int(rec[K.R_TIER])].name if rec[K.R_TIER] >= 0 else ""
         pct = self._rec_pct[r]
         latency = None if np.isnan(pct[0]) else {"p50": float(pct[0]), "p95": float(pct[1]),
@@ -311,7 +311,7 @@ class Engine:
             service=s.service,
             objective=sp.objective,
             period=format_duration(sp.period_s),
-            factors={t.name: t.burn_rate_factor for t in sp.tiers},
+            factors=dict(sp.factors),
             windows=windows,
             latency_ms=latency,
             runbook_url=s.runbook_url,
@@ -322,22 +322,30 @@ class Engine:
     def status(self, slo: str) -> SloStatus:
         """Burn rates, budget and alert state of one SLO at the last evaluated instant."""
         sp = self._slo(slo)
-        burns, windows, remaining, budget_events = self._counts_dict(sp, self._wsum[sp.row])
+        return self._status(sp, self._wsum[sp.row].tolist(), self._firing[sp.row].tolist(),
+                            self._fired_tier[sp.row].tolist())
+
+    def statuses(self) -> list[SloStatus]:
+        """:meth:`status` of every SLO, in config order (one bulk read of the state)."""
+        wsum = self._wsum.tolist()
+        firing = self._firing.tolist()
+        fired = self._fired_tier.tolist()
+        return [self._status(sp, wsum[sp.row], firing[sp.row], fired[sp.row]) for sp in self.plan.slos]
+
+    def _status(self, sp: SloPlan, sums: list[list[int]], firing_row: list[bool],
+                fired_row: list[int]) -> SloStatus:
+        burns, windows, remaining, budget_events = self._counts_dict(sp, sums)
         last = self.last_eval_ns
-        firing = {sev: bool(self._firing[sp.row, k]) for k, sev in enumerate(SEVERITIES)}
+        firing = {"page": firing_row[0], "ticket": firing_row[1]}
         tiers = {
-            sev: (sp.tiers[int(self._fired_tier[sp.row, k])].name
-                  if firing[sev] and self._fired_tier[sp.row, k] >= 0 else None)
+            sev: (sp.tiers[fired_row[k]].name if firing_row[k] and fired_row[k] >= 0 else None)
             for k, sev in enumerate(SEVERITIES)
         }
         return SloStatus(
             slo=sp.slo.name, ts=None if last is None else last / NS, burn_rates=burns, windows=windows,
             budget_remaining=remaining, budget_events=budget_events, firing=firing, firing_tier=tiers,
-            factors={t.name: t.burn_rate_factor for t in sp.tiers},
+            factors=sp.factors,
         )
-
-    def statuses(self) -> list[SloStatus]:
-        return [self.status(sp.slo.name) for sp in self.plan.slos]
 
     # ------------------------------------------------------------------ state
 

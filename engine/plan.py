@@ -70,6 +70,8 @@ class SloPlan:
     is_latency: bool
     threshold_ms: float | None
     fingerprint: str = ""
+    window_labels: list[str] = field(default_factory=list)   # format_duration of windows_s
+    factors: dict[str, float] = field(default_factory=dict)  # tier name -> burn-rate factor
 
 
 @dataclass(slots=True)
@@ -244,6 +246,8 @@ def build_plan(cfg: Config) -> Plan:
             windows_s=slo_windows[i], window_index=[widx[w] for w in slo_windows[i]],
             budget_window=widx[p], is_latency=thr_ms is not None, threshold_ms=thr_ms,
             fingerprint=slo_fingerprint(s, cfg.engine),
+            window_labels=[format_duration(w) for w in slo_windows[i]],
+            factors={t.name: t.burn_rate_factor for t in tiers},
         ))
     e = cfg.engine
     hist_window_slots = e.histogram_window_s // e.histogram_slot_s
