@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -127,7 +128,7 @@ class EventBatch:
             w,
         )
 
-    def take(self, index: npt.NDArray[np.intp] | slice) -> EventBatch:
+    def take(self, index: npt.NDArray[np.integer[Any]] | npt.NDArray[np.bool_] | slice) -> EventBatch:
         """Rows selected by ``index`` (a slice, an index array or a boolean mask)."""
         return EventBatch(
             np.ascontiguousarray(self.ts_ns[index]),

@@ -39,7 +39,7 @@ class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     pass
 
 
-class AvailabilitySLI(_Base):
+class AvailabilitySLI(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Availability: bad events are those whose status matches ``bad_status``.
 
     ``bad_status`` and ``exclude_status`` take codes (``503``), classes (``"5xx"``) and ranges
@@ -52,7 +52,7 @@ class AvailabilitySLI(_Base):
     exclude_status: list[str | int] = msgspec.field(default_factory=list)
 
 
-class LatencySLI(_Base):
+class LatencySLI(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Latency: an event is good when its latency is <= the threshold, classified per event.
 
     Give the threshold as ``threshold_ms`` or ``threshold_s``. ``percentile: 95`` with no SLO
@@ -65,14 +65,14 @@ class LatencySLI(_Base):
     exclude_status: list[str | int] = msgspec.field(default_factory=list)
 
 
-class SLI(_Base):
+class SLI(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Exactly one of ``availability`` or ``latency``; latency may be a sentence like ``p95 below 300ms``."""
 
     availability: AvailabilitySLI | None = None
     latency: LatencySLI | str | None = None
 
 
-class TierSpec(_Base):
+class TierSpec(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One multiwindow alert tier: fires when both windows burn faster than the factor.
 
     Give ``budget_percent`` (the share of the period's error budget spent within ``long_window``;
@@ -88,7 +88,7 @@ class TierSpec(_Base):
     for_: Duration | None = msgspec.field(default=None, name="for")
 
 
-class Alerting(_Base):
+class Alerting(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How an SLO alerts.
 
     ``windows`` names a catalog shipped in ``configs/windows`` (``sre-workbook``, ``pyrra``, or any
@@ -107,7 +107,7 @@ class Alerting(_Base):
     disable: list[Severity] = msgspec.field(default_factory=list)
 
 
-class SLO(_Base):
+class SLO(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One service level objective."""
 
     name: str
@@ -125,7 +125,7 @@ class SLO(_Base):
     histogram: bool = True
 
 
-class EventsConfig(_Base):
+class EventsConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How input records map onto events.
 
     Field names may be dotted paths into nested objects (``http.status``). ``ts_unit: auto`` picks
@@ -146,7 +146,7 @@ class EventsConfig(_Base):
     default_service: str | None = None
 
 
-class EngineConfig(_Base):
+class EngineConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Evaluation step and event-time rules.
 
     ``step_s``: evaluation resolution in event time. ``allowed_lateness_s``: the watermark trails the
@@ -165,7 +165,7 @@ class EngineConfig(_Base):
     histogram_max_us: int = 3_600_000_000
 
 
-class Config(_Base):
+class Config(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A whole sloburn configuration file."""
 
     slos: list[SLO]
@@ -275,7 +275,7 @@ def period_s(slo: SLO) -> int:
 # Loading and checking
 
 
-def _msgspec_problem(source: str, prefix: str, err: msgspec.ValidationError) -> str:
+def msgspec_problem(source: str, prefix: str, err: msgspec.ValidationError) -> str:
     # msgspec says "Expected `int`, got `str` - at `$.slos[0].objective`"; we say
     # "file: $.slos[0].objective: expected `int`, got `str`" with the path rooted at the document.
     text = str(err)
@@ -420,7 +420,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
             try:
                 slos.append(msgspec.convert(item, SLO))
             except msgspec.ValidationError as e:
-                problems.append(_msgspec_problem(source, f"$.slos[{i}]", e))
+                problems.append(msgspec_problem(source, f"$.slos[{i}]", e))
         rest = {k: v for k, v in data.items() if k != "slos"}
         rest["slos"] = []
     else:
@@ -429,7 +429,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     try:
         cfg = msgspec.convert(rest, Config)
     except msgspec.ValidationError as e:
-        problems.append(_msgspec_problem(source, "", e))
+        problems.append(msgspec_problem(source, "", e))
     if cfg is not None and not problems:
         cfg = msgspec.structs.replace(cfg, slos=slos)
         problems.extend(check_config(cfg, source))
@@ -438,21 +438,38 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     return cfg
 
 
-def load_config(path: str | Path) -> Config:
-    """Read, decode and check a YAML config file."""
+class TextLoader(yaml.SafeLoader):
+    """Safe YAML without implicit timestamps: ``2024-01-01`` stays text.
+
+    PyYAML would turn unquoted dates into date objects, or raise a bare ValueError on ``2024-13-01``.
+    """
+
+
+TextLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file safely; raise ConfigError with the file, line and column on failure."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError([f"{p}: cannot read: {e.strerror or e}"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{p}: cannot read: {getattr(e, 'strerror', None) or e}"]) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.load(text, Loader=TextLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError([f"{p}: $: expected valid YAML, got a syntax error{where}: {problem}"]) from None
-    return parse_config(data, str(p))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, decode and check a YAML config file."""
+    return parse_config(read_yaml(path), str(path))
 
 
 def slo_fingerprint(slo: SLO, engine: EngineConfig) -> str:

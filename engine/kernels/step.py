@@ -84,7 +84,7 @@ def _hist_record(hist: np.ndarray, row: int, slot: int, lat_us: float, w: int, u
     if lat_us < 0 or lat_us >= 9.2e18:
         counters[C_HIST_OUT_OF_RANGE] += 1
         return
-    v = np.int64(math.floor(lat_us))
+    v = int(math.floor(lat_us))
     if lat_us - v >= 0.5:
         v += 1
     if v > hist_max_us:
