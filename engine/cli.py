@@ -65,7 +65,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     err = Console(stderr=True)
-    out = Console()
+    out = Console(width=None if sys.stdout.isatty() else 160)
     alerts_file = open(args.out, "wb") if args.out else None  # noqa: SIM115 - closed below
     enc = msgspec.json.Encoder()
 
@@ -100,11 +100,18 @@ def _print_timeline(out: Any, result: Any) -> None:
     from rich.table import Table
 
     table = Table(title="Alert timeline (event time, UTC)")
-    for col in ("time", "slo", "severity", "action", "tier", "burn rates", "budget left"):
+    for col in ("time", "slo", "severity", "action", "tier", "burn rates (tier windows)", "budget left"):
         table.add_column(col)
     events = sorted((a for s in result.series for a in s.events), key=lambda a: a.ts)
+    tier_windows = {(s.slo, t.name): (t.long_window_s, t.short_window_s)
+                    for s in result.series for t in s.tiers}
     for a in events:
-        burns = " ".join(f"{k}={_fmt_burn(v)}" for k, v in a.burn_rates.items())
+        # The windows of the tier that fired, long then short: what decided the alert.
+        from engine.durations import format_duration
+
+        long_s, short_s = tier_windows.get((a.slo, a.tier), (0, 0))
+        shown = [format_duration(long_s), format_duration(short_s)]
+        burns = " ".join(f"{k}={_fmt_burn(a.burn_rates.get(k))}" for k in shown if k in a.burn_rates)
         left = "-" if a.budget_remaining is None else f"{a.budget_remaining * 100:.1f}%"
         table.add_row(_fmt_ts(a.ts), a.slo, a.severity, a.action, a.tier, burns, left)
     if not events:
