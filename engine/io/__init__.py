@@ -1,0 +1,1 @@
+"""I/O around the pure engine: sources, alert sinks, the durable outbox and HTTP."""
