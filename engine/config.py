@@ -43,9 +43,10 @@ class AvailabilitySLI(_Base, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     """Availability: bad events are those whose status matches ``bad_status``.
 
     ``bad_status`` and ``exclude_status`` take codes (``503``), classes (``"5xx"``) and ranges
-    (``"500-504"``). Excluded statuses count neither as good nor as bad (e.g. ``["4xx"]``); a code
-    listed in ``bad_status`` is bad even inside an excluded class (``bad_status: [5xx, 429]`` with
-    ``exclude_status: [4xx]``).
+    (``"500-504"``). Excluded statuses count neither as good nor as bad (e.g. ``["4xx"]``). Where a
+    code is named by both lists, the narrower matcher wins (a code beats a range beats a class; an
+    exact tie excludes): ``bad_status: [5xx, 429]`` with ``exclude_status: [4xx]`` keeps 429 bad, and
+    ``exclude_status: ["500-501"]`` takes 500 and 501 out of a ``5xx`` bad class.
     """
 
     bad_status: list[str | int] = msgspec.field(default_factory=lambda: ["5xx"])
@@ -213,6 +214,19 @@ def status_codes(spec: str | int) -> range:
         if 100 <= lo <= hi <= 599:
             return range(lo, hi + 1)
     raise ValueError(f"expected a status code, class like '5xx' or range like '500-504', got {spec!r}")
+
+
+def status_verdicts(bad: list[str | int], exclude: list[str | int]) -> dict[int, str]:
+    """Code -> ``"bad"`` or ``"excluded"`` for every code the two lists name (narrowest matcher wins)."""
+    best: dict[int, tuple[int, int, str]] = {}
+    for specs, verdict, rank in ((bad, "bad", 1), (exclude, "excluded", 0)):
+        for spec in specs:
+            codes = status_codes(spec)
+            key = (len(codes), rank)
+            for code in codes:
+                if code not in best or key < best[code][:2]:
+                    best[code] = (len(codes), rank, verdict)
+    return {code: v for code, (_, _, v) in best.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ class Engine:
         self._max_ts_ns: int | None = None
         self._first_instant_ns = -1
         # Kernel state
-        self._clock = np.full(1, -1, np.int64)
+        self._clock = np.array([-1, 0], np.int64)
         self._acc = np.zeros((n, 2), np.int64)
         self._cum = np.zeros((n, 2), np.int64)
         self._heads = np.zeros(len(p.res_s), np.int64)
@@ -167,6 +167,8 @@ class Engine:
         self._sync_keys()
         if batch.key.size and (int(batch.key.max()) >= len(self.keys) or int(batch.key.min()) < 0):
             raise StateError("batch keys were not interned in this engine's KeyTable")
+        if not self.started:
+            self._start(int(batch.ts_ns.min()))
         matched = np.diff(self._csr_off)[batch.key] > 0
         n_unmatched = int(batch.weight[~matched].sum()) if not matched.all() else 0
         if n_unmatched:
@@ -181,8 +183,6 @@ class Engine:
         self.events_ingested += int(batch.weight.sum())
         hi = int(ts[-1])
         self._max_ts_ns = hi if self._max_ts_ns is None else max(self._max_ts_ns, hi)
-        if not self.started:
-            self._start(int(ts[0]))
         pend = self._pending
         if len(pend) == 0:
             self._pending = batch
@@ -229,6 +229,9 @@ class Engine:
         delta = self._counters - self._counted
         if delta[K.C_TOO_LATE]:
             self.rejections.add("too_late", int(delta[K.C_TOO_LATE]))
+        if delta[K.C_TOO_OLD]:
+            # History older than every window, ingested before the first evaluation.
+            self.rejections.add("too_old", int(delta[K.C_TOO_OLD]))
         # Counted in the SLOs, left out of the latency histograms only:
         if delta[K.C_HIST_OUT_OF_RANGE]:
             self.rejections.add("histogram_out_of_range", int(delta[K.C_HIST_OUT_OF_RANGE]))

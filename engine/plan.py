@@ -29,6 +29,7 @@ from engine.config import (
     objective_percent,
     period_s,
     status_codes,
+    status_verdicts,
 )
 from engine.durations import format_duration, parse_duration_s
 from engine.windows import AlertTier, resolve_tiers
@@ -144,14 +145,8 @@ def _status_table(slo: SLO) -> npt.NDArray[np.int8]:
     table = np.zeros(600, np.int8)
     if slo.sli.availability is not None:
         av = slo.sli.availability
-        # Exclusions first, so that a code named bad explicitly (429) stays bad inside an
-        # excluded class (4xx).
-        for spec in av.exclude_status:
-            r = status_codes(spec)
-            table[r.start : r.stop] = STATUS_EXCLUDED
-        for spec in av.bad_status:
-            r = status_codes(spec)
-            table[r.start : r.stop] = STATUS_BAD
+        for code, verdict in status_verdicts(av.bad_status, av.exclude_status).items():
+            table[code] = STATUS_BAD if verdict == "bad" else STATUS_EXCLUDED
         table[:100] = STATUS_EXCLUDED  # no status: an availability SLO cannot classify it
     else:
         lat = latency_sli(slo.sli)
@@ -232,10 +227,13 @@ def build_plan(cfg: Config) -> Plan:
             rule_short[i, r] = widx[t.short_window_s]
             rule_factor[i, r] = t.burn_rate_factor
             rule_sev[i, r] = SEVERITIES.index(t.severity)
-            rule_for_ns[i, r] = t.for_s * NS
+            rule_for_ns[i, r] = t.for_s // step_s * step_s * NS  # whole steps, as keep_firing_for
         a = s.alerting
         min_events[i] = max(1, a.min_events)
-        keep_ns[i] = int(parse_duration_s(a.keep_firing_for) * NS) if a.keep_firing_for is not None else 0
+        # Instants come every step: "inactive at every instant of [E - keep, E]" holds from the
+        # first inactive instant S once E - S >= keep rounded down to whole steps.
+        keep = int(parse_duration_s(a.keep_firing_for) * NS) if a.keep_firing_for is not None else 0
+        keep_ns[i] = keep // (step_s * NS) * (step_s * NS)
         for k, sev in enumerate(SEVERITIES):
             sev_enabled[i, k] = sev not in a.disable
         suppress[i] = a.suppress_ticket_while_paging

@@ -105,8 +105,10 @@ def restore(engine: Engine, header: SnapshotHeader, arrays: dict[str, npt.NDArra
             engine._start(header.first_instant_ns - p.step_ns)
             engine._clock[:] = arrays["clock"]
             clock = int(engine._clock[0])
+            # Heads hold the bucket of the last evaluated step (see engine.kernels.step).
+            last_step_start = max(clock - 2 * p.step_ns, header.first_instant_ns - p.step_ns)
             for k in range(len(p.res_s)):
-                engine._heads[k] = (clock - p.step_ns) // int(p.res_ns[k])
+                engine._heads[k] = last_step_start // int(p.res_ns[k])
             _restore_rings(engine, header, arrays, mapping)
         for name in _ROW_ARRAYS:
             src = arrays[name]

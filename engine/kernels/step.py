@@ -2,19 +2,21 @@
 
 State (all SLOs are rows; see :mod:`engine.plan` for the layout):
 
-- ``clock[0]``: the next evaluation instant E (ns). Events with ts in ``[E - step, E)`` belong to the
+- ``clock[0]``: the next evaluation instant E (ns); ``clock[1]``: 1 once an instant was evaluated. Events with ts in ``[E - step, E)`` belong to the
   current step and go to ``acc`` (one add per event and SLO: the hot path).
 - ``acc[slo, 0:2]``: (total, bad) of the current step; ``cum[slo, 0:2]`` the same since the start.
 - ``rings[ring_off[k] + b % ring_n[k], slo, 0:2]``: (total, bad) of bucket ``b`` of resolution k
   (slot-major, so that clearing a slot or subtracting a leaving bucket walks memory in order).
-- ``heads[k]``: the bucket of resolution k holding the current step, ``(E - step) // res_ns[k]``.
+- ``heads[k]``: the bucket of resolution k holding the last evaluated step, ``(E - step) // res_ns[k]``
+  for the last evaluated instant E.
 - ``wsum[slo, j, 0:2]``: running sums of window j over buckets ``heads[k] - win_n[j] + 1 .. heads[k]``
   (k = win_res[j]). Invariant between steps: ``wsum == sum of those ring buckets``.
 
-At each instant E the step's ``acc`` is added to the head bucket of every resolution and to every
-window sum, the alert rules are evaluated, and the clock moves on one step: where a resolution's
-head moves to a new bucket, the bucket leaving each of its windows is subtracted and the new head
-slot is cleared. Late events (before the current step, within ``max_late_ns``) are added directly to
+At each instant E every resolution's head first moves to the bucket holding the step that ends at
+E (where it enters a new bucket, the bucket leaving each of its windows is subtracted and the new
+head slot is cleared); then the step's ``acc`` is added to the head buckets and to every window sum,
+and the alert rules are evaluated. Heads stay put until the next instant, so that the state between
+calls is exactly the state evaluated at the last instant. Late events (before the current step, within ``max_late_ns``) are added directly to
 their bucket in every resolution and to the windows that still cover it.
 
 Evaluation follows the SRE Workbook's multiwindow, multi-burn-rate rule (ch. 5, table 5-8): a tier
@@ -38,7 +40,7 @@ ACTION_RESOLVE, ACTION_TRIGGER = 0, 1
 DONE, NEED_DRAIN = 0, 1
 
 # Engine counters (counters array)
-C_LATE_OK, C_TOO_LATE, C_HIST_OUT_OF_RANGE, C_HIST_TOO_LATE = 0, 1, 2, 3
+C_LATE_OK, C_TOO_LATE, C_HIST_OUT_OF_RANGE, C_HIST_TOO_LATE, C_TOO_OLD = 0, 1, 2, 3, 4
 N_COUNTERS = 8
 
 
@@ -60,18 +62,28 @@ def _classify(slo: int, status: int, lat_us: float, status_class: np.ndarray, la
 @njit(cache=True)
 def _add_late(slo: int, ts: int, w: int, bad: int, heads: np.ndarray, res_ns: np.ndarray,
               ring_n: np.ndarray, ring_off: np.ndarray, rings: np.ndarray, wsum: np.ndarray,
-              win_res: np.ndarray, win_n: np.ndarray) -> None:
+              win_res: np.ndarray, win_n: np.ndarray) -> bool:
+    """Count an event of an already evaluated step into its buckets and the windows covering it.
+
+    A resolution whose ring no longer holds the event's bucket skips it: none of its windows can
+    cover that bucket again. Returns False when no ring holds it (the caller counts a rejection).
+    """
+    stored = False
     for k in range(res_ns.shape[0]):
         b = ts // res_ns[k]
-        slot = ring_off[k] + b % ring_n[k]
-        rings[slot, slo, 0] += w
-        rings[slot, slo, 1] += bad
+        # Slots hold buckets head - ring_n + 2 .. head (one spare is cleared for the next head).
+        if b > heads[k] - ring_n[k] + 1:
+            slot = ring_off[k] + b % ring_n[k]
+            rings[slot, slo, 0] += w
+            rings[slot, slo, 1] += bad
+            stored = True
     for j in range(win_res.shape[0]):
         k = win_res[j]
         b = ts // res_ns[k]
         if b > heads[k] - win_n[j]:
             wsum[slo, j, 0] += w
             wsum[slo, j, 1] += bad
+    return stored
 
 
 @njit(cache=True)
@@ -274,7 +286,8 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
             st = status[i]
             lu = lat_us[i]
             late = t < E - step
-            if late and t < E - step - max_late_ns:
+            # Before the first evaluation nothing is late: older events are history for the windows.
+            if late and clock[1] > 0 and t < E - step - max_late_ns:
                 counters[C_TOO_LATE] += 1
                 i += 1
                 continue
@@ -294,9 +307,12 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
                     else:
                         counters[C_HIST_TOO_LATE] += 1
                 if late:
-                    cum[s, 0] += w
-                    cum[s, 1] += c * w
-                    _add_late(s, t, w, c * w, heads, res_ns, ring_n, ring_off, rings, wsum, win_res, win_n)
+                    if _add_late(s, t, w, c * w, heads, res_ns, ring_n, ring_off, rings, wsum, win_res,
+                                 win_n):
+                        cum[s, 0] += w
+                        cum[s, 1] += c * w
+                    else:
+                        counters[C_TOO_OLD] += 1
                 else:
                     acc[s, 0] += w
                     acc[s, 1] += c * w
@@ -305,6 +321,11 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
             return i, n_rec, DONE
         if n_rec + 2 * n_slos > cap:
             return i, n_rec, NEED_DRAIN
+        # Move every head to the bucket holding the step that ends at E, then fold and evaluate.
+        # Heads stay there until the next instant, so that views and late events between calls
+        # see the windows exactly as they were evaluated at E.
+        _advance_clock(E, step, n_slos, heads, res_ns, ring_n, ring_off, rings, wsum, win_res, win_n)
+        _advance_hist(E, step, hist, hist_head, hist_slot_ns)
         n_rec = _evaluate_instant(E, n_slos, acc, cum, heads, ring_n, ring_off, rings, wsum, budget,
                                   rule_count, rule_long, rule_short, rule_factor, rule_sev,
                                   rule_for_ns, min_events, keep_ns, sev_enabled, suppress_ticket,
@@ -312,6 +333,4 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
                                   n_rec, hist, hist_row, hist_head[0], hist_window, pcts, scratch,
                                   pct_out, rec_pct, um, hm)
         clock[0] = E + step
-        _advance_clock(E + step, step, n_slos, heads, res_ns, ring_n, ring_off, rings, wsum,
-                       win_res, win_n)
-        _advance_hist(E + step, step, hist, hist_head, hist_slot_ns)
+        clock[1] = 1

@@ -134,3 +134,12 @@ def test_unknown_catalog() -> None:
     with pytest.raises(ConfigError,
                        match=r"expected a window catalog name \(.*pyrra.*\) or file, got 'nope'"):
         parse_config({"slos": [_slo(alerting={"windows": "nope"})]})
+
+
+def test_narrowest_status_matcher_wins() -> None:
+    from engine.config import status_verdicts
+
+    v = status_verdicts(["5xx", 429], ["4xx", "500-501"])
+    assert v[429] == "bad" and v[404] == "excluded"
+    assert v[500] == "excluded" and v[501] == "excluded" and v[502] == "bad"
+    assert status_verdicts([503], [503]) == {503: "excluded"}

@@ -89,7 +89,7 @@ def test_excluded_and_unmatched_are_counted() -> None:
     eng.ingest(b)
     eng.advance((T0 + 20) * NS)
     assert eng.rejections["unmatched"] == 5
-    assert eng.window_counts("avail")[600] == (2, 4)  # 404 excluded; 503 and 429 bad
+    assert eng.window_counts("avail")[600] == (2, 4)  # 404 excluded; 503 and 429 (narrower than 4xx) bad
     assert eng.window_counts("lat")[600] == (1, 4)    # NaN latency not counted; 300 ms bad
     assert eng.uncounted_by_slo()["avail"]["excluded_status"] == 1
     assert eng.uncounted_by_slo()["lat"]["no_latency"] == 1

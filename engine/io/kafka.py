@@ -1,0 +1,859 @@
+"""Kafka source of the daemon: an aiokafka consumer with manual commits, health state and dead letters.
+
+The daemon owns offsets. Auto-commit is off: :meth:`KafkaSource.commit` is called only after a
+checkpoint covering the offsets is on disk, and :meth:`KafkaSource.seek` restores the offsets of a
+checkpoint at start (applied when the group assigns the partition). :meth:`KafkaSource.fetch` hands
+back message values as ``bytes`` per partition; decoding is the caller's job
+(:meth:`FetchResult.decode` joins NDJSON values and calls a decoder once per fetch).
+
+A broker that cannot be reached is not an error: the source keeps trying with capped exponential
+backoff and reports ``connecting`` with the last error in :attr:`KafkaSource.state`, for
+``/healthz`` and ``/readyz``. Errors that retrying cannot cure raise :class:`SourceError`.
+Credentials come from environment variables named in the config; their values are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any, ClassVar, Literal
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner
+
+from engine.batch import EventBatch, Rejections
+from engine.errors import ConfigError, EngineError
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+"""``(topic, partition)``; aiokafka's ``TopicPartition`` is such a tuple and compares equal to one."""
+
+DEAD_LETTER_HEADERS = ("sloburn-reason", "sloburn-source-topic", "sloburn-source-partition",
+                       "sloburn-source-offset")
+"""Header keys of a dead letter: why it was rejected and where it was read."""
+
+
+class SourceError(EngineError):
+    """The Kafka source failed in a way that retrying will not cure (bad config, authorization...)."""
+
+
+class RetriableSourceError(SourceError):
+    """A Kafka operation failed for now (broker unreachable, timeout, rebalance in progress)."""
+
+    retriable: ClassVar[bool] = True
+
+
+def _is_retriable(e: BaseException) -> bool:
+    # aiokafka marks connection errors retriable but not its own request timeouts.
+    return isinstance(e, KafkaTimeoutError | TimeoutError | OSError) or bool(getattr(e, "retriable", False))
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e)  # aiokafka's messages start with the class name already
+    return text if text.startswith(type(e).__name__) else f"{type(e).__name__}: {text}"
+
+
+def _wrap(e: BaseException, what: str) -> SourceError:
+    cls = RetriableSourceError if _is_retriable(e) else SourceError
+    return cls(f"{what}: {_describe(e)}")
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+class KafkaSecurity(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Transport security and authentication, passed through to aiokafka.
+
+    Secrets are never written in the config: ``username_env``, ``password_env`` and
+    ``ssl_key_password_env`` name environment variables that are read at start.
+    """
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    username_env: str | None = None
+    password_env: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_key_password_env: str | None = None
+    ssl_check_hostname: bool = True
+
+
+class KafkaSourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where and how the daemon consumes events.
+
+    Attributes
+    ----------
+    bootstrap_servers
+        ``host:port`` or a list of them.
+    topics
+        Topics to subscribe to (at least one).
+    group_id, client_id
+        Consumer group and client name seen by the brokers.
+    start
+        ``committed`` (default): resume from the group's committed offsets, ``reset`` where a partition
+        has none. ``earliest`` / ``latest``: ignore committed offsets the first time a partition is
+        assigned to this source. An explicit :meth:`KafkaSource.seek` wins over all three.
+    reset
+        Where a partition with no valid offset (none committed, or out of range) starts.
+        ``latest`` (in ``start`` or ``reset``) asks the broker for end offsets, which the bundled
+        Tansu broker answers wrongly (see :mod:`engine.io.broker`); real Kafka answers right.
+    max_records
+        Most messages one :meth:`KafkaSource.fetch` returns.
+    fetch_max_bytes, max_partition_fetch_bytes, fetch_min_bytes, fetch_max_wait_ms
+        Fetch request sizes, as in aiokafka and Kafka.
+    session_timeout_ms, heartbeat_interval_ms, request_timeout_ms
+        Group and request timeouts, as in aiokafka.
+    isolation_level
+        ``read_committed`` skips aborted transactions; lag is then measured to the last stable offset.
+    check_crcs
+        Verify the CRC-32C of every fetched record batch (default, as Kafka's clients). Turning it
+        off saves the checksum's CPU; ``python -m bench.kafka_throughput --no-check-crcs`` measures it.
+    dead_letter_topic
+        Topic receiving rejected messages with their reason in headers; None disables dead letters.
+    backoff_initial_ms, backoff_max_ms
+        Reconnection backoff: doubles from the initial delay after each failure, capped.
+    health_interval_ms, health_timeout_ms
+        While no message arrives, the broker is probed (metadata request) this often, with this timeout.
+    """
+
+    bootstrap_servers: str | list[str]
+    topics: list[str]
+    group_id: str = "sloburn"
+    client_id: str = "sloburn"
+    start: Literal["committed", "earliest", "latest"] = "committed"
+    reset: Literal["earliest", "latest"] = "earliest"
+    max_records: int = 10_000
+    fetch_max_bytes: int = 52_428_800
+    max_partition_fetch_bytes: int = 1_048_576
+    fetch_min_bytes: int = 1
+    fetch_max_wait_ms: int = 500
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    request_timeout_ms: int = 40_000
+    isolation_level: Literal["read_uncommitted", "read_committed"] = "read_uncommitted"
+    check_crcs: bool = True
+    dead_letter_topic: str | None = None
+    backoff_initial_ms: int = 250
+    backoff_max_ms: int = 10_000
+    health_interval_ms: int = 2_000
+    health_timeout_ms: int = 5_000
+    security: KafkaSecurity = msgspec.field(default_factory=KafkaSecurity)
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str = "<config>: $.source.kafka") -> KafkaSourceConfig:
+        """Decode and check a mapping; raise ConfigError with one ``where.path: ...`` line per problem."""
+        try:
+            cfg = msgspec.convert(data, cls)
+        except msgspec.ValidationError as e:
+            text, _, path = str(e).partition(" - at `$")
+            path = path.rstrip("`")
+            raise ConfigError([f"{where}{path}: {text[:1].lower()}{text[1:]}"]) from None
+        problems = cfg.problems(where)
+        if problems:
+            raise ConfigError(problems)
+        return cfg
+
+    def problems(self, where: str) -> list[str]:
+        """Cross-field problems, each as ``where.field: expected ..., got ...``."""
+        out: list[str] = []
+        servers = self.bootstrap_servers
+        servers = [servers] if isinstance(servers, str) else servers
+        if not servers or any(not s.strip() for s in servers):
+            out.append(f"{where}.bootstrap_servers: expected host:port, got {self.bootstrap_servers!r}")
+        if not self.topics or any(not t.strip() for t in self.topics):
+            out.append(f"{where}.topics: expected at least one non-empty topic name, got {self.topics!r}")
+        for name in ("max_records", "fetch_max_bytes", "max_partition_fetch_bytes", "fetch_min_bytes",
+                     "session_timeout_ms", "heartbeat_interval_ms", "request_timeout_ms",
+                     "backoff_initial_ms", "backoff_max_ms", "health_interval_ms", "health_timeout_ms"):
+            if getattr(self, name) < 1:
+                out.append(f"{where}.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.fetch_max_wait_ms < 0:
+            out.append(f"{where}.fetch_max_wait_ms: expected an integer >= 0, got {self.fetch_max_wait_ms}")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            out.append(f"{where}.heartbeat_interval_ms: expected less than session_timeout_ms "
+                       f"({self.session_timeout_ms}), got {self.heartbeat_interval_ms}")
+        if self.backoff_max_ms < self.backoff_initial_ms:
+            out.append(f"{where}.backoff_max_ms: expected at least backoff_initial_ms "
+                       f"({self.backoff_initial_ms}), got {self.backoff_max_ms}")
+        sec = self.security
+        if sec.protocol.startswith("SASL") and (not sec.username_env or not sec.password_env):
+            out.append(f"{where}.security: expected username_env and password_env with protocol "
+                       f"{sec.protocol}, got {sec.username_env!r} and {sec.password_env!r}")
+        return out
+
+
+def connection_kwargs(config: KafkaSourceConfig, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """aiokafka connection keyword arguments (servers, client id, security) with secrets read from env.
+
+    Raises
+    ------
+    ConfigError
+        When a named environment variable is not set (the message names the variable, not a value).
+    """
+    env = os.environ if environ is None else environ
+    sec = config.security
+
+    def secret(attr: str) -> str | None:
+        var = getattr(sec, attr)
+        if var is None:
+            return None
+        if var not in env:
+            raise ConfigError([f"$.source.kafka.security.{attr}: expected environment variable "
+                               f"{var!r} to be set, got nothing"])
+        return env[var]
+
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": config.bootstrap_servers,
+        "client_id": config.client_id,
+        "request_timeout_ms": config.request_timeout_ms,
+        "security_protocol": sec.protocol,
+    }
+    if sec.protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = sec.sasl_mechanism
+        kwargs["sasl_plain_username"] = secret("username_env")
+        kwargs["sasl_plain_password"] = secret("password_env")
+    if sec.protocol.endswith("SSL"):
+        ctx = create_ssl_context(cafile=sec.ssl_cafile, certfile=sec.ssl_certfile, keyfile=sec.ssl_keyfile,
+                                 password=secret("ssl_key_password_env"))
+        ctx.check_hostname = sec.ssl_check_hostname
+        kwargs["ssl_context"] = ctx
+    return kwargs
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+class SourceState(msgspec.Struct, frozen=True, kw_only=True):
+    """Connection state for ``/healthz`` and ``/readyz``.
+
+    ``status`` is ``stopped``, ``connecting`` (``error`` holds the last failure, ``failures`` counts
+    them since the last success) or ``connected``. ``since_s`` is the clock time of the last change.
+    """
+
+    status: Literal["stopped", "connecting", "connected"]
+    error: str | None = None
+    failures: int = 0
+    since_s: float = 0.0
+
+
+_value = attrgetter("value")
+_offset = attrgetter("offset")
+_timestamp = attrgetter("timestamp")
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionFetch:
+    """Messages fetched from one partition, in offset order.
+
+    ``values`` holds the non-empty message values; ``offsets`` and ``timestamps_ms`` (int64, producer
+    or log-append time in ms) are aligned with it. ``next_offset`` is the offset after the last message
+    consumed, counting rejected ones: what to commit once these messages are checkpointed.
+    """
+
+    topic: str
+    partition: int
+    values: list[bytes]
+    offsets: npt.NDArray[np.int64]
+    timestamps_ms: npt.NDArray[np.int64]
+    next_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """What one :meth:`KafkaSource.fetch` returned.
+
+    ``rejections`` counts messages that carried no value (``null_message``, ``empty_message``);
+    ``positions`` and ``lag`` are per partition after this fetch (lag in messages: end offset minus
+    position; negative when the position lies past the end of a truncated log).
+    """
+
+    partitions: list[PartitionFetch] = field(default_factory=list)
+    positions: dict[Partition, int] = field(default_factory=dict)
+    lag: dict[Partition, int] = field(default_factory=dict)
+    rejections: Rejections = field(default_factory=Rejections)
+
+    @property
+    def n_messages(self) -> int:
+        """Messages with a value (rejected ones excluded)."""
+        return sum(len(p.values) for p in self.partitions)
+
+    def values(self) -> list[bytes]:
+        """All message values, partition after partition."""
+        if len(self.partitions) == 1:
+            return self.partitions[0].values
+        return [v for p in self.partitions for v in p.values]
+
+    def join_ndjson(self) -> bytes:
+        """All values as one NDJSON buffer (see :func:`join_ndjson`)."""
+        return join_ndjson(self.values())
+
+    def decode(
+        self, decode: Callable[[bytes], tuple[EventBatch, Rejections]]
+    ) -> tuple[EventBatch, Rejections]:
+        """Decode every value with one call of ``decode`` on the joined NDJSON buffer.
+
+        The returned rejections include this fetch's own (``null_message``, ``empty_message``).
+        """
+        if not self.partitions:
+            return EventBatch.empty(), Rejections(self.rejections)
+        batch, rejections = decode(self.join_ndjson())
+        merged = Rejections(rejections)
+        merged.update(self.rejections)
+        return batch, merged
+
+
+def join_ndjson(values: list[bytes]) -> bytes:
+    """Concatenate message values into one NDJSON buffer ending with a newline.
+
+    Values may hold one or many lines, with or without a trailing newline: the blank lines this can
+    leave are skipped by NDJSON decoders (``msgspec.json.Decoder.decode_lines``).
+    """
+    if not values:
+        return b""
+    joined = b"\n".join(values)
+    return joined if joined.endswith(b"\n") else joined + b"\n"
+
+
+# ------------------------------------------------------------------------------------------ source
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, source: KafkaSource, consumer: AIOKafkaConsumer) -> None:
+        self._source = source
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._source._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._source._on_assigned(self._consumer, set(assigned))
+
+
+class KafkaSource:
+    """Consumes raw message values from Kafka for the daemon.
+
+    Parameters
+    ----------
+    config
+        Where and how to consume.
+    clock
+        Monotonic clock in seconds (default ``time.monotonic``), for backoff and health probes.
+    environ
+        Where credentials are read (default ``os.environ``).
+
+    Notes
+    -----
+    One task drives the source (``fetch``, ``commit``, ``seek``, ``pause``); ``state``,
+    ``positions()`` and ``lag()`` may be read from anywhere on the loop.
+    """
+
+    def __init__(
+        self,
+        config: KafkaSourceConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._environ = environ
+        self._kwargs: dict[str, Any] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._state = SourceState(status="stopped", since_s=clock())
+        self._delay_ms = config.backoff_initial_ms
+        self._next_attempt_s = 0.0
+        self._next_probe_s = 0.0
+        self._positions: dict[TopicPartition, int] = {}
+        self._lag: dict[TopicPartition, int] = {}
+        self._pending_seek: dict[TopicPartition, int] = {}
+        self._seen: set[TopicPartition] = set()
+        self._paused = False
+
+    # ------------------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def positions(self) -> dict[Partition, int]:
+        """Next offset to consume per assigned partition (last message handed out + 1, or seek target)."""
+        return {(tp.topic, tp.partition): off for tp, off in self._positions.items()}
+
+    def lag(self) -> dict[Partition, int]:
+        """Messages between the position and the end of each partition, as of the last fetch."""
+        return {(tp.topic, tp.partition): n for tp, n in self._lag.items()}
+
+    def assignment(self) -> frozenset[Partition]:
+        """Partitions the group currently assigns to this source."""
+        if self._consumer is None:
+            return frozenset()
+        return frozenset((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def _set_state(self, status: Literal["stopped", "connecting", "connected"], error: str | None = None,
+                   failures: int = 0) -> None:
+        old = self._state
+        if status != old.status:
+            log.info("kafka source %s%s", status, f": {error}" if error else "")
+        elif error == old.error and failures == old.failures:
+            return
+        since_s = self._clock() if status != old.status else old.since_s
+        self._state = SourceState(status=status, error=error, failures=failures, since_s=since_s)
+
+    def _failed(self, e: BaseException) -> float:
+        """Record a retriable failure; return the backoff delay in seconds."""
+        delay_s = self._delay_ms / 1000
+        self._delay_ms = min(self._delay_ms * 2, self.config.backoff_max_ms)
+        self._set_state("connecting", _describe(e), self._state.failures + 1)
+        return delay_s
+
+    def _succeeded(self) -> None:
+        self._delay_ms = self.config.backoff_initial_ms
+        self._set_state("connected")
+        self._next_probe_s = self._clock() + self.config.health_interval_ms / 1000
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Read credentials and try to connect once; a failure leaves the source ``connecting``.
+
+        Raises
+        ------
+        ConfigError
+            When a credential variable is missing.
+        SourceError
+            When the broker refuses for a reason retrying will not cure.
+        """
+        if self._state.status != "stopped":
+            return
+        self._kwargs = connection_kwargs(self.config, self._environ)
+        self._set_state("connecting")
+        await self._connect()
+
+    async def stop(self) -> None:
+        """Leave the group and close the connections. Uncommitted positions are not committed."""
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        if consumer is not None:
+            await _close_consumer(consumer)
+        if producer is not None:
+            await producer.stop()
+        self._positions.clear()
+        self._lag.clear()
+        self._set_state("stopped")
+
+    async def __aenter__(self) -> KafkaSource:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _connect(self) -> bool:
+        assert self._kwargs is not None
+        cfg = self.config
+        consumer = AIOKafkaConsumer(
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=cfg.reset,
+            max_poll_records=cfg.max_records,
+            fetch_max_bytes=cfg.fetch_max_bytes,
+            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+            fetch_min_bytes=cfg.fetch_min_bytes,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            isolation_level=cfg.isolation_level,
+            check_crcs=cfg.check_crcs,
+            **self._kwargs,
+        )
+        consumer.subscribe(topics=list(cfg.topics), listener=_Rebalance(self, consumer))
+        try:
+            await consumer.start()
+        except Exception as e:  # aiokafka lets non-Kafka errors out of a failed SASL exchange
+            with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                await _close_consumer(consumer)
+            if not _is_retriable(e):
+                self._set_state("stopped", _describe(e))
+                hint = ""
+                if self.config.security.protocol.startswith("SASL"):
+                    hint = f" (SASL {self.config.security.sasl_mechanism} authentication refused?)"
+                raise _wrap(e, f"kafka source start{hint}") from e
+            self._next_attempt_s = self._clock() + self._failed(e)
+            return False
+        self._consumer = consumer
+        if self._paused:
+            consumer.pause(*consumer.assignment())
+        self._succeeded()
+        return True
+
+    # ------------------------------------------------------------------------------ consuming
+
+    async def fetch(self, timeout_ms: int = 1000) -> FetchResult:
+        """Wait up to ``timeout_ms`` for messages and return them with positions and lag.
+
+        While the broker cannot be reached this returns an empty result after at most about
+        ``timeout_ms`` (a first connection attempt may take up to ``request_timeout_ms``).
+
+        Raises
+        ------
+        SourceError
+            On errors that retrying will not cure (authorization, unknown configuration...).
+        """
+        if self._state.status == "stopped":
+            raise SourceError("kafka source: fetch() called before start() or after stop()")
+        if self._consumer is None:
+            wait_s = max(0.0, self._next_attempt_s - self._clock())
+            if wait_s >= timeout_ms / 1000:
+                await asyncio.sleep(timeout_ms / 1000)
+                return FetchResult()
+            await asyncio.sleep(wait_s)
+            if not await self._connect():
+                return FetchResult()
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            data = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.config.max_records)
+        except KafkaError as e:
+            if not _is_retriable(e):
+                raise _wrap(e, "kafka fetch") from e
+            await asyncio.sleep(min(self._failed(e), timeout_ms / 1000))
+            return FetchResult()
+        result = await self._collect(consumer, data)
+        if result.partitions or result.rejections:
+            self._succeeded()
+        elif self._clock() >= self._next_probe_s:
+            await self._probe(consumer)
+        return result
+
+    async def _collect(
+        self, consumer: AIOKafkaConsumer, data: dict[TopicPartition, list[Any]]
+    ) -> FetchResult:
+        parts: list[PartitionFetch] = []
+        rejections = Rejections()
+        for tp, records in data.items():
+            if not records:
+                continue
+            n = len(records)
+            values = list(map(_value, records))
+            offsets = np.fromiter(map(_offset, records), np.int64, n)
+            stamps = np.fromiter(map(_timestamp, records), np.int64, n)
+            n_null, n_empty = values.count(None), values.count(b"")
+            if n_null or n_empty:
+                keep = [i for i, v in enumerate(values) if v]
+                values = [values[i] for i in keep]
+                offsets, stamps = offsets[keep], stamps[keep]
+                rejections.add("null_message", n_null)
+                rejections.add("empty_message", n_empty)
+            next_offset = records[-1].offset + 1
+            self._positions[tp] = next_offset
+            parts.append(PartitionFetch(tp.topic, tp.partition, values, offsets, stamps, next_offset))
+        end = consumer.last_stable_offset if self.config.isolation_level == "read_committed" else None
+        for tp in consumer.assignment():
+            hw = end(tp) if end is not None else consumer.highwater(tp)
+            if hw is None or hw < 0:
+                continue  # no fetch response for this partition yet
+            if tp not in self._positions:
+                # A fetch answered for this partition, so its position is valid; never block on it.
+                with contextlib.suppress(TimeoutError, KafkaError):
+                    self._positions[tp] = await asyncio.wait_for(consumer.position(tp), 0.05)
+            if tp in self._positions:
+                self._lag[tp] = hw - self._positions[tp]
+        return FetchResult(parts, self.positions(), self.lag(), rejections)
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            await asyncio.wait_for(consumer.topics(), self.config.health_timeout_ms / 1000)
+        except (KafkaError, OSError, TimeoutError) as e:
+            self._next_probe_s = self._clock() + self._failed(e)
+        else:
+            self._succeeded()
+
+    # ------------------------------------------------------------------------------ offsets
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> dict[Partition, int]:
+        """Commit ``offsets`` (next offset to read per partition) for the group.
+
+        Partitions no longer assigned to this source are skipped: their new owner commits them.
+
+        Returns
+        -------
+        dict
+            The offsets actually committed.
+
+        Raises
+        ------
+        RetriableSourceError
+            When the broker cannot be reached or the group is rebalancing.
+        SourceError
+            When the broker refuses the commit for good.
+        """
+        _check_offsets(offsets)
+        consumer = self._consumer
+        if consumer is None:
+            raise RetriableSourceError(f"kafka commit: not connected ({self._state.error})")
+        assigned = consumer.assignment()
+        todo = {TopicPartition(t, p): off for (t, p), off in offsets.items() if (t, p) in assigned}
+        if todo:
+            try:
+                await consumer.commit(todo)
+            except KafkaError as e:
+                raise _wrap(e, "kafka commit") from e
+        return {(tp.topic, tp.partition): off for tp, off in todo.items()}
+
+    async def seek(self, offsets: Mapping[Partition, int]) -> None:
+        """Continue each partition at the given offset (a checkpoint's positions).
+
+        Partitions not assigned yet are sought when the group assigns them to this source.
+        """
+        _check_offsets(offsets)
+        consumer = self._consumer
+        assigned = consumer.assignment() if consumer is not None else frozenset()
+        for (topic, partition), off in offsets.items():
+            tp = TopicPartition(topic, partition)
+            if consumer is not None and tp in assigned:
+                consumer.seek(tp, off)
+                self._positions[tp] = off
+                self._lag.pop(tp, None)
+            else:
+                self._pending_seek[tp] = off
+
+    def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        for tp in revoked:
+            self._positions.pop(tp, None)
+            self._lag.pop(tp, None)
+
+    async def _on_assigned(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        for tp in assigned & self._pending_seek.keys():
+            off = self._pending_seek.pop(tp)
+            consumer.seek(tp, off)
+            self._positions[tp] = off
+            self._seen.add(tp)
+        fresh = [tp for tp in assigned if tp not in self._seen]
+        if fresh and self.config.start != "committed":
+            ask = consumer.beginning_offsets if self.config.start == "earliest" else consumer.end_offsets
+            try:
+                found = await ask(fresh)
+            except KafkaError as e:
+                # The partitions then start from their committed offsets; say so loudly.
+                log.warning("kafka source: cannot look up %s offsets of %s (%s); starting from committed "
+                            "offsets", self.config.start, fresh, e)
+            else:
+                for tp, off in found.items():
+                    consumer.seek(tp, off)
+                    self._positions[tp] = off
+        self._seen |= assigned
+        if self._paused:
+            consumer.pause(*assigned)
+
+    # ------------------------------------------------------------------------------ backpressure
+
+    def pause(self) -> None:
+        """Stop fetching from every assigned partition (kept across rebalances) until :meth:`resume`.
+
+        Keep calling :meth:`fetch` while paused: it returns nothing, and the consumer stays in its
+        group (aiokafka leaves it when ``getmany`` is not called for ``max_poll_interval_ms``).
+        """
+        self._paused = True
+        if self._consumer is not None:
+            self._consumer.pause(*self._consumer.assignment())
+
+    def resume(self) -> None:
+        """Fetch again after :meth:`pause`."""
+        self._paused = False
+        if self._consumer is not None:
+            self._consumer.resume(*self._consumer.assignment())
+
+    # ------------------------------------------------------------------------------ dead letters
+
+    async def dead_letter(self, value: bytes, reason: str, source: tuple[str, int, int]) -> bool:
+        """Produce a rejected message to ``dead_letter_topic`` with its reason and origin in headers.
+
+        Parameters
+        ----------
+        value
+            The message value as read.
+        reason
+            The rejection reason (the counter label, e.g. ``malformed_json``).
+        source
+            ``(topic, partition, offset)`` the message was read at.
+
+        Returns
+        -------
+        bool
+            False when no dead-letter topic is configured (nothing produced), True once acknowledged.
+
+        Raises
+        ------
+        RetriableSourceError, SourceError
+            When the broker does not acknowledge the message.
+        """
+        topic = self.config.dead_letter_topic
+        if topic is None:
+            return False
+        if self._kwargs is None:
+            raise SourceError("kafka source: dead_letter() called before start()")
+        if self._producer is None:
+            kwargs = {**self._kwargs, "client_id": f"{self.config.client_id}-dead-letter"}
+            producer = AIOKafkaProducer(acks="all", **kwargs)
+            try:
+                await producer.start()
+            except (KafkaError, OSError, TimeoutError) as e:
+                with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                    await producer.stop()
+                raise _wrap(e, f"dead letter to {topic!r}") from e
+            self._producer = producer
+        src_topic, src_partition, src_offset = source
+        headers = list(zip(DEAD_LETTER_HEADERS, (reason.encode(), src_topic.encode(),
+                                                 str(src_partition).encode(), str(src_offset).encode()),
+                           strict=True))
+        try:
+            await self._producer.send_and_wait(topic, value, headers=headers)
+        except KafkaError as e:
+            raise _wrap(e, f"dead letter to {topic!r}") from e
+        return True
+
+
+async def _close_consumer(consumer: AIOKafkaConsumer) -> None:
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        # aiokafka 0.14 (issue aio-libs/aiokafka#647): Fetcher.close() lets out the cancellation of a
+        # fetch task that sleeps after a failed request (broker gone), before the client is closed.
+        # Finish the close so that no task or socket is left behind.
+        pending = list(consumer._fetcher._pending_tasks)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await consumer._client.close()
+
+
+def _check_offsets(offsets: Mapping[Partition, int]) -> None:
+    for key, off in offsets.items():
+        if (not isinstance(key, tuple) or len(key) != 2 or not isinstance(key[0], str)
+                or not isinstance(key[1], int)):
+            raise ValueError(f"expected (topic, partition) keys, got {key!r}")
+        if not isinstance(off, int | np.integer) or isinstance(off, bool) or off < 0:
+            raise ValueError(f"{key[0]}[{key[1]}]: expected an offset >= 0, got {off!r}")
+
+
+# ------------------------------------------------------------------------------------------ producer
+
+
+async def produce_lines(
+    bootstrap: str,
+    topic: str,
+    lines: Iterable[bytes | str],
+    *,
+    per_message: int = 1,
+    key: bytes | str | None = None,
+    linger_ms: int = 5,
+    max_batch_bytes: int = 1_048_576,
+    max_in_flight: int = 64,
+    connection: Mapping[str, Any] | None = None,
+) -> int:
+    """Produce text lines to ``topic``, ``per_message`` lines per message (NDJSON when > 1).
+
+    Messages are packed into record batches directly (no per-message future). Without ``key``,
+    each batch goes to the next partition in turn; with ``key``, every message carries it and goes to
+    the partition Kafka's default partitioner picks (murmur2, as the Java client).
+
+    Parameters
+    ----------
+    bootstrap
+        ``host:port`` of a broker.
+    topic
+        Existing topic.
+    lines
+        Lines without their newline (one is added between lines of a message).
+    per_message
+        Lines per message, >= 1.
+    key
+        Message key, or None.
+    linger_ms, max_batch_bytes
+        Producer linger time and the size of one record batch in bytes.
+    max_in_flight
+        Batches sent but not yet acknowledged before waiting.
+    connection
+        Extra aiokafka keyword arguments (security), e.g. from :func:`connection_kwargs`.
+
+    Returns
+    -------
+    int
+        Messages produced and acknowledged.
+    """
+    if per_message < 1:
+        raise ValueError(f"per_message: expected an integer >= 1, got {per_message}")
+    key_bytes = key.encode() if isinstance(key, str) else key
+    kwargs = {"bootstrap_servers": bootstrap, **(connection or {})}
+    producer = AIOKafkaProducer(linger_ms=linger_ms, max_batch_size=max_batch_bytes,
+                                max_request_size=max(max_batch_bytes, 1_048_576) + 65_536, **kwargs)
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        fixed = None if key_bytes is None else DefaultPartitioner()(key_bytes, partitions, partitions)
+        turn = 0
+        in_flight: list[asyncio.Future[Any]] = []
+        n_messages = 0
+
+        async def send(batch: Any) -> None:
+            nonlocal turn
+            partition = fixed if fixed is not None else partitions[turn % len(partitions)]
+            turn += 1
+            in_flight.append(await producer.send_batch(batch, topic, partition=partition))
+            if len(in_flight) >= max_in_flight:
+                await asyncio.gather(*in_flight)
+                in_flight.clear()
+
+        batch = producer.create_batch()
+        chunk: list[bytes] = []
+        for line in _chain_lines(lines):
+            chunk.append(line)
+            if len(chunk) < per_message:
+                continue
+            value, chunk = b"\n".join(chunk), []
+            if batch.append(key=key_bytes, value=value, timestamp=None) is None:
+                if batch.record_count() == 0:
+                    raise ValueError(f"a message of {len(value)} bytes does not fit a batch of "
+                                     f"{max_batch_bytes} bytes")
+                await send(batch)
+                batch = producer.create_batch()
+                batch.append(key=key_bytes, value=value, timestamp=None)
+            n_messages += 1
+        if chunk:
+            if batch.append(key=key_bytes, value=b"\n".join(chunk), timestamp=None) is None:
+                await send(batch)
+                batch = producer.create_batch()
+                batch.append(key=key_bytes, value=b"\n".join(chunk), timestamp=None)
+            n_messages += 1
+        if batch.record_count():
+            await send(batch)
+        await asyncio.gather(*in_flight)
+        return n_messages
+    finally:
+        await producer.stop()
+
+
+def _chain_lines(lines: Iterable[bytes | str]) -> Iterable[bytes]:
+    for line in lines:
+        yield line.encode() if isinstance(line, str) else line
