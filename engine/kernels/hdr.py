@@ -180,7 +180,7 @@ def highest_equivalent_value(value: int, unit_magnitude: int, sub_bucket_half_co
 # recording
 # --------------------------------------------------------------------------------------------------
 @njit(cache=True)
-def record_into(  # noqa: PLR0917 - numba kernels take plain positional arrays
+def record_into(
     counts: npt.NDArray[np.int64],
     values_us: npt.NDArray[Any],
     weights: npt.NDArray[np.int64],
@@ -253,7 +253,7 @@ def record_into(  # noqa: PLR0917 - numba kernels take plain positional arrays
 
 
 @njit(cache=True)
-def record_batch(  # noqa: PLR0917 - numba kernels take plain positional arrays
+def record_batch(
     counts: npt.NDArray[np.int64],
     row: int,
     values_us: npt.NDArray[Any],
@@ -345,7 +345,7 @@ def value_at_percentile(
 
 
 @njit(cache=True)
-def values_at_percentiles(  # noqa: PLR0917 - numba kernels take plain positional arrays
+def values_at_percentiles(
     counts: npt.NDArray[np.int64],
     total: int,
     percentiles: npt.NDArray[np.float64],
@@ -422,7 +422,7 @@ def merge_rows(counts: npt.NDArray[np.int64], first_row: int, n_rows: int, out: 
 
 
 @njit(cache=True)
-def ring_percentiles(  # noqa: PLR0917 - numba kernels take plain positional arrays
+def ring_percentiles(
     counts: npt.NDArray[np.int64],
     first_row: int,
     n_rows: int,

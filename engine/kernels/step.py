@@ -2,8 +2,9 @@
 
 State (all SLOs are rows; see :mod:`engine.plan` for the layout):
 
-- ``clock[0]``: the next evaluation instant E (ns); ``clock[1]``: 1 once an instant was evaluated. Events with ts in ``[E - step, E)`` belong to the
-  current step and go to ``acc`` (one add per event and SLO: the hot path).
+- ``clock[0]``: the next evaluation instant E (ns); ``clock[1]``: 1 once an instant was evaluated.
+  Events with ts in ``[E - step, E)`` belong to the current step and go to ``acc`` (one add per
+  event and SLO: the hot path).
 - ``acc[slo, 0:2]``: (total, bad) of the current step; ``cum[slo, 0:2]`` the same since the start.
 - ``rings[ring_off[k] + b % ring_n[k], slo, 0:2]``: (total, bad) of bucket ``b`` of resolution k
   (slot-major, so that clearing a slot or subtracting a leaving bucket walks memory in order).
@@ -16,8 +17,9 @@ At each instant E every resolution's head first moves to the bucket holding the 
 E (where it enters a new bucket, the bucket leaving each of its windows is subtracted and the new
 head slot is cleared); then the step's ``acc`` is added to the head buckets and to every window sum,
 and the alert rules are evaluated. Heads stay put until the next instant, so that the state between
-calls is exactly the state evaluated at the last instant. Late events (before the current step, within ``max_late_ns``) are added directly to
-their bucket in every resolution and to the windows that still cover it.
+calls is exactly the state evaluated at the last instant. Late events (before the current step,
+within ``max_late_ns``; or any age before the first evaluation, as history) are added directly to
+their bucket in every resolution whose ring still holds it, and to the windows that cover it.
 
 Evaluation follows the SRE Workbook's multiwindow, multi-burn-rate rule (ch. 5, table 5-8): a tier
 holds when ``b(long) > factor`` and ``b(short) > factor`` with ``b = (bad / total) / B``.
@@ -96,7 +98,7 @@ def _hist_record(hist: np.ndarray, row: int, slot: int, lat_us: float, w: int, u
     if lat_us < 0 or lat_us >= 9.2e18:
         counters[C_HIST_OUT_OF_RANGE] += 1
         return
-    v = int(math.floor(lat_us))
+    v = math.floor(lat_us)
     if lat_us - v >= 0.5:
         v += 1
     if v > hist_max_us:
