@@ -170,7 +170,8 @@ class Engine:
         if not self.started:
             self._start(int(batch.ts_ns.min()))
         matched = np.diff(self._csr_off)[batch.key] > 0
-        n_unmatched = int(batch.weight[~matched].sum()) if not matched.all() else 0
+        # Rejections count records (rows), like decode rejections; a row may stand for many requests.
+        n_unmatched = int((~matched).sum())
         if n_unmatched:
             self.rejections.add("unmatched", n_unmatched)
             batch = batch.take(matched)

@@ -267,8 +267,8 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
         pct_out: np.ndarray, rec_pct: np.ndarray) -> tuple[int, int, int]:
     """Ingest events ``i0..`` (sorted by ts) and evaluate every instant ``E <= until_ns``.
 
-    Stops at the first event at or beyond an instant that may not be evaluated yet (``> until_ns``),
-    or when the record buffer could overflow at the next instant. Returns ``(next_event,
+    Stops before the first instant beyond ``until_ns`` (its events stay unconsumed), or when the
+    record buffer could overflow at the next instant. Returns ``(next_event,
     n_records, status)`` with status DONE or NEED_DRAIN.
     """
     n_slos = acc.shape[0]
@@ -280,24 +280,32 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
     n_hslots = hist.shape[1]
     while True:
         E = clock[0]
-        # Ingest every event that belongs to a step before E.
-        while i < n_ev and ts_ns[i] < E:
+        # Events of a step are taken only when its instant is evaluated in this call: between
+        # calls the state is exactly the state evaluated at the last instant, and everything else
+        # waits in the caller's pending buffer.
+        if until_ns < E:
+            return i, n_rec, DONE
+        if n_rec + 2 * n_slos > cap:
+            return i, n_rec, NEED_DRAIN
+        # The histogram ring moves first: events of the step ending at E are recorded straight
+        # into its slot, which must be cleared before they land there.
+        _advance_hist(E, step, hist, hist_head, hist_slot_ns)
+        # Ingest every event that belongs to a step before E. Events are sorted: those of already
+        # evaluated steps (late, or history before the first evaluation) come first.
+        step_start = E - step
+        late_floor = step_start - max_late_ns
+        while i < n_ev and ts_ns[i] < step_start:
             t = ts_ns[i]
-            kid = key[i]
-            w = weight[i]
-            st = status[i]
-            lu = lat_us[i]
-            late = t < E - step
-            # Before the first evaluation nothing is late: older events are history for the windows.
-            if late and clock[1] > 0 and t < E - step - max_late_ns:
+            if clock[1] > 0 and t < late_floor:
                 counters[C_TOO_LATE] += 1
                 i += 1
                 continue
-            if late:
-                counters[C_LATE_OK] += 1
+            counters[C_LATE_OK] += 1
+            kid = key[i]
+            w = weight[i]
             for p in range(csr_off[kid], csr_off[kid + 1]):
                 s = csr_slo[p]
-                c = _classify(s, st, lu, status_class, lat_thr_us, is_latency)
+                c = _classify(s, status[i], lat_us[i], status_class, lat_thr_us, is_latency)
                 if c >= 2:
                     slo_rejects[s, c - 2] += w
                     continue
@@ -305,29 +313,39 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
                 if hr >= 0:
                     hb = t // hist_slot_ns
                     if hb > hist_head[0] - n_hslots + 1:
-                        _hist_record(hist, hr, hb % n_hslots, lu, w, um, hm, hist_max_us, counters)
+                        _hist_record(hist, hr, hb % n_hslots, lat_us[i], w, um, hm, hist_max_us, counters)
                     else:
                         counters[C_HIST_TOO_LATE] += 1
-                if late:
-                    if _add_late(s, t, w, c * w, heads, res_ns, ring_n, ring_off, rings, wsum, win_res,
-                                 win_n):
-                        cum[s, 0] += w
-                        cum[s, 1] += c * w
-                    else:
-                        counters[C_TOO_OLD] += 1
+                if _add_late(s, t, w, c * w, heads, res_ns, ring_n, ring_off, rings, wsum, win_res,
+                             win_n):
+                    cum[s, 0] += w
+                    cum[s, 1] += c * w
                 else:
-                    acc[s, 0] += w
-                    acc[s, 1] += c * w
+                    counters[C_TOO_OLD] += 1
             i += 1
-        if until_ns < E:
-            return i, n_rec, DONE
-        if n_rec + 2 * n_slos > cap:
-            return i, n_rec, NEED_DRAIN
+        # The hot path: events of the current step, one add per event and SLO.
+        hist_slot = hist_head[0] % n_hslots
+        while i < n_ev:
+            if ts_ns[i] >= E:
+                break
+            kid = key[i]
+            w = weight[i]
+            for p in range(csr_off[kid], csr_off[kid + 1]):
+                s = csr_slo[p]
+                c = _classify(s, status[i], lat_us[i], status_class, lat_thr_us, is_latency)
+                if c >= 2:
+                    slo_rejects[s, c - 2] += w
+                    continue
+                acc[s, 0] += w
+                acc[s, 1] += c * w
+                hr = hist_row[s]
+                if hr >= 0:
+                    _hist_record(hist, hr, hist_slot, lat_us[i], w, um, hm, hist_max_us, counters)
+            i += 1
         # Move every head to the bucket holding the step that ends at E, then fold and evaluate.
         # Heads stay there until the next instant, so that views and late events between calls
         # see the windows exactly as they were evaluated at E.
         _advance_clock(E, step, n_slos, heads, res_ns, ring_n, ring_off, rings, wsum, win_res, win_n)
-        _advance_hist(E, step, hist, hist_head, hist_slot_ns)
         n_rec = _evaluate_instant(E, n_slos, acc, cum, heads, ring_n, ring_off, rings, wsum, budget,
                                   rule_count, rule_long, rule_short, rule_factor, rule_sev,
                                   rule_for_ns, min_events, keep_ns, sev_enabled, suppress_ticket,

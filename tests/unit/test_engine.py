@@ -117,6 +117,7 @@ def test_watermark_holds_back_future_events() -> None:
     eng.advance((T0 + 5) * NS)
     # The instant T0+5 counts events before it: the 503 at exactly T0+5 waits for T0+6.
     assert eng.window_counts("avail")[600] == (0, 1)
+    assert eng.pending_events == 1
     eng.advance((T0 + 6) * NS)
     assert eng.window_counts("avail")[600] == (1, 2)
 
@@ -180,3 +181,41 @@ def test_window_sums_match_rings() -> None:
     before = eng._wsum.copy()
     recompute_window_sums(eng)
     assert np.array_equal(before, eng._wsum)
+
+
+def test_latency_percentiles_cover_the_histogram_window() -> None:
+    from hdrh.histogram import HdrHistogram
+
+    cfg = parse_config({"slos": [{"name": "lat", "service": "api", "objective": 99, "period": "1d",
+                                  "sli": {"latency": {"threshold_ms": 200}},
+                                  "alerting": {"windows": [{"name": "p", "severity": "page",
+                                                            "long_window": "10m", "short_window": "1m",
+                                                            "factor": 5}]}}],
+                        "engine": {"histogram_slot_s": 60, "histogram_window_s": 180}})
+    eng = Engine(cfg)
+    k = eng.key_id("api")
+    rng = np.random.default_rng(11)
+    n = 20_000
+    ts = T0 * NS + np.sort(rng.integers(0, 1200 * NS, n))
+    lat_us = np.round(rng.lognormal(np.log(50_000), 0.8, n) * (1 + (ts - T0 * NS) / (600 * NS)))
+    batch = EventBatch.from_arrays(ts, np.full(n, k), np.full(n, 200), lat_us)
+    checked = 0
+    prev = 0
+    for cut in range(1, 20):
+        e = (T0 + 60 * cut + 7) * NS
+        # Events beyond the instant are ingested too: they must wait, not show in the window.
+        eng.ingest(batch.take((ts >= prev) & (ts < e + 30 * NS)))
+        eng.advance(e)
+        prev = e + 30 * NS
+        # Slots are whole minutes; the window is the 3 slots ending with the one holding E - 1 s.
+        first_slot_start = ((e - NS) // (60 * NS) - 2) * 60 * NS
+        sel = lat_us[(ts >= first_slot_start) & (ts < e)]
+        h = HdrHistogram(1, 3_600_000_000, 2)
+        for v in sel:
+            h.record_value(int(v))
+        got = eng.latency_percentiles_ms("lat")
+        assert got is not None
+        want = {f"p{q}": h.get_value_at_percentile(q) / 1000.0 for q in (50, 95, 99)}
+        assert got == want, f"at minute {cut}"
+        checked += 1
+    assert checked == 19

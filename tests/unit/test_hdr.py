@@ -54,7 +54,7 @@ N_VALUES = 10**4 if NO_JIT else 10**6
 SEED = 20_240_611
 HOUR_US = 3_600_000_000
 PERCENTILES = (0.0, 1.0, 50.0, 90.0, 95.0, 99.0, 99.9, 99.99, 100.0)
-FIXTURE = Path("/work/shared/fixtures/hdr/jHiccup-2.0.7S.logV2.hlog")
+FIXTURE = Path(__file__).resolve().parents[1] / "data" / "hdr" / "jHiccup-2.0.7S.logV2.hlog"
 # From the fixture's README (HdrHistogram_py test data): 62 histograms, 48,761 values.
 FIXTURE_HISTOGRAMS = 62
 FIXTURE_VALUES = 48_761

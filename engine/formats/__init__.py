@@ -1,0 +1,1 @@
+"""Converters from outside data sets into sloburn NDJSON events."""
