@@ -138,6 +138,28 @@ def _print_summary(out: Any, result: Any) -> None:
         out.print(f"rejected: {rej}")
 
 
+# ---------------------------------------------------------------------------- convert
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from engine.formats import nezha
+
+    counts: Counter[str] = Counter()
+    if args.kind == "nezha-minutes":
+        data = nezha.nezha_minutes_to_ndjson(args.file, counts=counts)
+    else:
+        data = nezha.nezha_requests_to_ndjson(args.file, counts=counts)
+    if args.out and args.out != "-":
+        Path(args.out).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+    summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    print(f"{args.file}: {summary}", file=sys.stderr)
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -154,11 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backtest", help="replay traffic files through the engine in event time")
     p.add_argument("--config", "-c", required=True)
     p.add_argument("files", nargs="+", metavar="FILE", help="NDJSON/JSON/msgpack, .gz/.zst, or - for stdin")
-    p.add_argument("--format", choices=["auto", "ndjson", "json", "msgpack"], default=None)
+    p.add_argument("--format", default=None, choices=[
+        "auto", "ndjson", "json", "msgpack", "detect", "nginx_json", "nginx_combined", "apache_combined",
+        "envoy", "ecs_json", "otlp_json", "k6_json", "aggregates_csv", "aggregates_ndjson",
+        "prometheus_json", "prometheus_text", "openmetrics", "mapping"])
     p.add_argument("--out", help="write alert transitions as JSON lines")
     p.add_argument("--report", metavar="DIR", help="write an HTML report with plots")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_backtest)
+
+    p = sub.add_parser("convert", help="turn a known data set into NDJSON events")
+    p.add_argument("kind", choices=["nezha-minutes", "nezha-requests"],
+                   help="Nezha OnlineBoutique per-minute series, or its single-request CSV")
+    p.add_argument("file")
+    p.add_argument("--out", "-o", help="output file (default stdout)")
+    p.set_defaults(func=_cmd_convert)
 
     for modname in ("engine.generate", "engine.cli_outbox", "engine.cli_daemon", "engine.cli_budget",
                     "engine.demo"):

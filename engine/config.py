@@ -94,7 +94,10 @@ class Alerting(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
     ``windows`` names a catalog shipped in ``configs/windows`` (``sre-workbook``, ``pyrra``, or any
     catalog file by path) or lists custom tiers. ``min_events`` is the low-traffic guard: a tier
-    does not fire while its long window holds fewer events.
+    does not fire while its long window holds fewer events. ``require_full_windows`` is the warm-up
+    guard: a tier does not fire until the engine has seen its whole long window of event time (a
+    window younger than its length burns like a shorter window: 4 minutes of data in a 1-day window
+    make a 1-day burn rate out of a 4-minute one).
     """
 
     windows: str | list[TierSpec] = "sre-workbook"
@@ -105,6 +108,7 @@ class Alerting(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
         default_factory=lambda: {"page": "critical", "ticket": "warning"}
     )
     suppress_ticket_while_paging: bool = True
+    require_full_windows: bool = True
     disable: list[Severity] = msgspec.field(default_factory=list)
 
 
@@ -131,9 +135,19 @@ class EventsConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True)
 
     Field names may be dotted paths into nested objects (``http.status``). ``ts_unit: auto`` picks
     s/ms/us/ns from the magnitude of the number; strings are read as RFC 3339.
+
+    ``format`` names sloburn's own event encodings (``auto``, ``ndjson``, ``json``, ``msgpack``;
+    the field settings here apply to them) or a format of :mod:`engine.formats.registry`: access
+    logs, OTLP spans, k6 output, aggregates, Prometheus samples, ``mapping`` or ``detect``.
+    ``mapping_file`` is the YAML file that the ``mapping`` and Prometheus formats read (see
+    :mod:`engine.formats.mapping`); a relative path is taken from the working directory.
     """
 
-    format: Literal["auto", "ndjson", "json", "msgpack"] = "auto"
+    format: Literal[
+        "auto", "ndjson", "json", "msgpack", "detect", "nginx_json", "nginx_combined",
+        "apache_combined", "envoy", "ecs_json", "otlp_json", "k6_json", "aggregates_csv",
+        "aggregates_ndjson", "prometheus_json", "prometheus_text", "openmetrics", "mapping",
+    ] = "auto"
     ts_field: str = "ts"
     ts_unit: Literal["auto", "s", "ms", "us", "ns"] = "auto"
     service_field: str = "service"
@@ -145,6 +159,7 @@ class EventsConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True)
     weight_field: str = "weight"
     labels_field: str = "labels"
     default_service: str | None = None
+    mapping_file: str | None = None
 
 
 class EngineConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -73,7 +73,7 @@ class Engine:
         self._max_ts_ns: int | None = None
         self._first_instant_ns = -1
         # Kernel state
-        self._clock = np.array([-1, 0], np.int64)
+        self._clock = np.array([-1, 0, -1], np.int64)
         self._acc = np.zeros((n, 2), np.int64)
         self._cum = np.zeros((n, 2), np.int64)
         self._heads = np.zeros(len(p.res_s), np.int64)
@@ -135,6 +135,7 @@ class Engine:
         first = (t0_ns // step) * step + step
         self._first_instant_ns = first
         self._clock[0] = first
+        self._clock[2] = first
         for k in range(len(self.plan.res_s)):
             self._heads[k] = (first - step) // int(self.plan.res_ns[k])
         self._hist_head[0] = (first - step) // self.plan.hist_slot_ns
@@ -210,7 +211,7 @@ class Engine:
                 p.status_class, p.lat_thr_us, p.is_latency, p.budget,
                 p.step_ns, p.max_late_ns, p.res_ns, p.ring_n, p.ring_off, p.win_res, p.win_n,
                 p.rule_count, p.rule_long, p.rule_short, p.rule_factor, p.rule_sev, p.rule_for_ns,
-                p.min_events, p.keep_ns, p.sev_enabled, p.suppress_ticket,
+                p.rule_min_history_ns, p.min_events, p.keep_ns, p.sev_enabled, p.suppress_ticket,
                 self._clock, self._acc, self._cum, self._heads, self._rings, self._wsum,
                 self._tier_since, self._firing, self._inactive_since, self._fired_tier,
                 self._counters, self._slo_rejects, self._rec_i64, self._rec_sums,
@@ -279,7 +280,14 @@ class Engine:
         js = [*sp.window_index, sp.budget_window]
         return {p.win_s[j]: (int(self._wsum[sp.row, j, 1]), int(self._wsum[sp.row, j, 0])) for j in js}
 
-    def _counts_dict(self, sp: SloPlan, sums: list[list[int]]) -> tuple[
+    def _coverage(self, sp: SloPlan, at_ns: int | None) -> float:
+        """Share of the SLO period covered by history at instant ``at_ns``."""
+        if at_ns is None or not self.started:
+            return 1.0
+        history_ns = at_ns - (self._first_instant_ns - self.plan.step_ns)
+        return min(1.0, history_ns / (sp.period_s * NS))
+
+    def _counts_dict(self, sp: SloPlan, sums: list[list[int]], at_ns: int | None) -> tuple[
             dict[str, float | None], dict[str, WindowCounts], float | None, WindowCounts]:
         """Burn rates and counts from one SLO's window sums (``sums[j] == [total, bad]``)."""
         burns: dict[str, float | None] = {}
@@ -290,14 +298,16 @@ class Engine:
             burns[label] = burn_rate(bad, total, B)
             windows[label] = WindowCounts(bad=bad, total=total)
         bt, bb = sums[sp.budget_window]
-        return burns, windows, budget_remaining(bb, bt, B), WindowCounts(bad=bb, total=bt)
+        remaining = budget_remaining(bb, bt, B, self._coverage(sp, at_ns))
+        return burns, windows, remaining, WindowCounts(bad=bb, total=bt)
 
     def _record_to_event(self, r: int) -> AlertEvent:
         rec = self._rec_i64[r]
         sp = self.plan.slos[int(rec[K.R_SLO])]
         s = sp.slo
         sev = SEVERITIES[int(rec[K.R_SEV])]
-        burns, windows, remaining, _ = self._counts_dict(sp, self._rec_sums[r].tolist())
+        burns, windows, remaining, _ = self._counts_dict(sp, self._rec_sums[r].tolist(),
+                                                         int(rec[K.R_TS]))
         tier = sp.tiers[int(rec[K.R_TIER])].name if rec[K.R_TIER] >= 0 else ""
         pct = self._rec_pct[r]
         latency = None if np.isnan(pct[0]) else {"p50": float(pct[0]), "p95": float(pct[1]),
@@ -338,8 +348,8 @@ class Engine:
 
     def _status(self, sp: SloPlan, sums: list[list[int]], firing_row: list[bool],
                 fired_row: list[int]) -> SloStatus:
-        burns, windows, remaining, budget_events = self._counts_dict(sp, sums)
         last = self.last_eval_ns
+        burns, windows, remaining, budget_events = self._counts_dict(sp, sums, last)
         firing = {"page": firing_row[0], "ticket": firing_row[1]}
         tiers = {
             sev: (sp.tiers[fired_row[k]].name if firing_row[k] and fired_row[k] >= 0 else None)

@@ -21,11 +21,18 @@ def burn_rate(bad: int, total: int, error_budget: float) -> float | None:
     return (bad / total) / error_budget
 
 
-def budget_remaining(bad: int, total: int, error_budget: float) -> float | None:
-    """``1 - bad / (B * total)`` over the SLO period: 1.0 untouched, 0 spent, negative overspent."""
+def budget_remaining(bad: int, total: int, error_budget: float, coverage: float = 1.0) -> float | None:
+    """Share of the SLO period's error budget left: 1.0 untouched, 0 spent, negative overspent.
+
+    The budget of a period is ``B`` times the events the period holds: ``1 - bad / (B * total)``.
+    Before a whole period of history exists (``coverage`` = history / period < 1), the period's
+    events are extrapolated from the traffic so far, ``total / coverage``; otherwise a day of data
+    in a 30-day period would report a day's errors against a day's budget.
+    """
     if total <= 0:
         return None
-    return 1.0 - bad / (error_budget * total)
+    c = min(1.0, coverage) if coverage > 0 else 1.0
+    return 1.0 - bad / (error_budget * (total / c))
 
 
 class BudgetPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

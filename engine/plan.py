@@ -105,6 +105,7 @@ class Plan:
     rule_factor: npt.NDArray[np.float64]
     rule_sev: npt.NDArray[np.int64]
     rule_for_ns: npt.NDArray[np.int64]
+    rule_min_history_ns: npt.NDArray[np.int64]
     min_events: npt.NDArray[np.int64]
     keep_ns: npt.NDArray[np.int64]
     sev_enabled: npt.NDArray[np.bool_]       # (n_slos, 2)
@@ -199,6 +200,7 @@ def build_plan(cfg: Config) -> Plan:
     rule_factor = np.zeros((n, max_rules), np.float64)
     rule_sev = np.zeros((n, max_rules), np.int64)
     rule_for_ns = np.zeros((n, max_rules), np.int64)
+    rule_min_history_ns = np.zeros((n, max_rules), np.int64)
     status_class = np.zeros((n, 600), np.int8)
     lat_thr = np.full(n, np.inf)
     is_lat = np.zeros(n, np.bool_)
@@ -228,6 +230,8 @@ def build_plan(cfg: Config) -> Plan:
             rule_factor[i, r] = t.burn_rate_factor
             rule_sev[i, r] = SEVERITIES.index(t.severity)
             rule_for_ns[i, r] = t.for_s // step_s * step_s * NS  # whole steps, as keep_firing_for
+            if s.alerting.require_full_windows:
+                rule_min_history_ns[i, r] = t.long_window_s * NS
         a = s.alerting
         min_events[i] = max(1, a.min_events)
         # Instants come every step: "inactive at every instant of [E - keep, E]" holds from the
@@ -255,7 +259,8 @@ def build_plan(cfg: Config) -> Plan:
         ring_off=ring_off, total_slots=total_slots, win_s=win_s, win_res=win_res, win_n=win_n,
         status_class=status_class, lat_thr_us=lat_thr, is_latency=is_lat, budget=budget,
         rule_count=rule_count, rule_long=rule_long, rule_short=rule_short, rule_factor=rule_factor,
-        rule_sev=rule_sev, rule_for_ns=rule_for_ns, min_events=min_events, keep_ns=keep_ns,
+        rule_sev=rule_sev, rule_for_ns=rule_for_ns, rule_min_history_ns=rule_min_history_ns,
+        min_events=min_events, keep_ns=keep_ns,
         sev_enabled=sev_enabled, suppress_ticket=suppress, budget_win=budget_win, hist_on=hist_on,
         hist_slot_ns=e.histogram_slot_s * NS,
         # The window's slots (the newest partly filled) plus one spare being cleared for the next.

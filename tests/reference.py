@@ -77,11 +77,15 @@ def burn_rate(bad: int, total: int, budget: float) -> float | None:
     return (bad / total) / budget
 
 
-def budget_remaining(bad: int, total: int, budget: float) -> float | None:
-    """``1 - bad / (B * total)`` over the period, None when the period holds no events."""
+def budget_remaining(bad: int, total: int, budget: float, coverage: float = 1.0) -> float | None:
+    """``1 - bad / (B * total / coverage)`` over the period, None when the period holds no events.
+
+    ``coverage`` = history / period, capped at 1: before a whole period has been seen, the period's
+    events are extrapolated from the traffic so far.
+    """
     if total == 0:
         return None
-    return 1.0 - bad / (budget * total)
+    return 1.0 - bad / (budget * (total / min(1.0, coverage)))
 
 
 def _codes(specs: list[str | int]) -> frozenset[int]:
@@ -359,9 +363,13 @@ class ReferenceEngine:
             bad_s, total_s = m.counts[t.short_window_s]
             burn_l = burn_rate(bad_l, total_l, B)
             burn_s = burn_rate(bad_s, total_s, B)
+            history_ns = e_ns - ((self.first_instant_ns or e_ns) - self.step_ns)
             held = (
                 total_l >= max(1, m.min_events)
                 and total_s >= 1
+                # Warm-up guard: the long window must lie within the history seen.
+                and (not m.slo.alerting.require_full_windows
+                     or history_ns >= t.long_window_s * NS_PER_S)
                 and burn_l is not None
                 and burn_s is not None
                 and burn_l > t.burn_rate_factor
@@ -409,7 +417,9 @@ class ReferenceEngine:
             ts=e_ns / NS_PER_S,
             tier=tier,
             burn_rates=burns,
-            budget_remaining=budget_remaining(*m.counts[m.period_s], B),
+            budget_remaining=budget_remaining(
+                *m.counts[m.period_s], B,
+                (e_ns - (self.first_instant_ns or e_ns) + self.step_ns) / (m.period_s * NS_PER_S)),
             dedup_key=dedup_key(s.name, sev),
             pd_severity=s.alerting.severities.get(sev, "critical"),
             service=s.service,

@@ -109,7 +109,8 @@ def workbook_config(*, step_s: int = 1, objective: float = 99.9, windows: Any = 
             "objective": objective,
             "period": "30d",
             "sli": {"availability": {"bad_status": ["5xx"]}},
-            "alerting": {"windows": windows, "disable": disable or []},
+            # The step scenarios come with full history; the warm-up guard has its own tests.
+            "alerting": {"windows": windows, "disable": disable or [], "require_full_windows": False},
         }],
         "engine": {"step_s": step_s},
     }
@@ -199,7 +200,7 @@ def per_tier_config(*, step_s: int) -> dict[str, Any]:
     base = workbook_config(step_s=step_s)
     slo = base["slos"][0]
     base["slos"] = [
-        {**slo, "name": f"tier-{name}", "alerting": {"windows": [{
+        {**slo, "name": f"tier-{name}", "alerting": {"require_full_windows": False, "windows": [{
             "name": name, "severity": "page", "long_window": long_s, "short_window": short_s,
             "budget_percent": pct}]}}
         for name, _, long_s, short_s, pct in WORKBOOK_TIERS
@@ -238,7 +239,7 @@ def tiny_config(tiers: list[dict[str, Any]], **alerting: Any) -> dict[str, Any]:
             "objective": 90,
             "period": "1d",
             "sli": {"availability": {"bad_status": ["5xx"]}},
-            "alerting": {"windows": tiers, **alerting},
+            "alerting": {"windows": tiers, "require_full_windows": False, **alerting},
         }],
         "engine": {"step_s": 1},
     }
@@ -351,6 +352,7 @@ def random_config(rng: np.random.Generator, *, duration_s: int) -> dict[str, Any
             alerting["keep_firing_for"] = int(rng.integers(1, 600))
         if rng.random() < 0.3:
             alerting["suppress_ticket_while_paging"] = False
+        alerting["require_full_windows"] = bool(rng.random() < 0.5)
         severities = {t["severity"] for t in tiers}
         if len(severities) == 2 and rng.random() < 0.2:
             alerting["disable"] = [str(rng.choice(sorted(severities)))]

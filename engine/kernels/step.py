@@ -2,7 +2,8 @@
 
 State (all SLOs are rows; see :mod:`engine.plan` for the layout):
 
-- ``clock[0]``: the next evaluation instant E (ns); ``clock[1]``: 1 once an instant was evaluated.
+- ``clock[0]``: the next evaluation instant E (ns); ``clock[1]``: 1 once an instant was evaluated;
+  ``clock[2]``: the first instant (history starts one step before it).
   Events with ts in ``[E - step, E)`` belong to the current step and go to ``acc`` (one add per
   event and SLO: the hot path).
 - ``acc[slo, 0:2]``: (total, bad) of the current step; ``cum[slo, 0:2]`` the same since the start.
@@ -118,7 +119,8 @@ def _evaluate_instant(E: int, n_slos: int, acc: np.ndarray, cum: np.ndarray, hea
                       ring_off: np.ndarray, rings: np.ndarray, wsum: np.ndarray, budget: np.ndarray,
                       rule_count: np.ndarray, rule_long: np.ndarray, rule_short: np.ndarray,
                       rule_factor: np.ndarray, rule_sev: np.ndarray, rule_for_ns: np.ndarray,
-                      min_events: np.ndarray, keep_ns: np.ndarray, sev_enabled: np.ndarray,
+                      rule_min_hist: np.ndarray, history_start: int, min_events: np.ndarray,
+                      keep_ns: np.ndarray, sev_enabled: np.ndarray,
                       suppress_ticket: np.ndarray, tier_since: np.ndarray, firing: np.ndarray,
                       inactive_since: np.ndarray, fired_tier: np.ndarray, rec_i64: np.ndarray,
                       rec_sums: np.ndarray, n_rec: int, hist: np.ndarray, hist_row: np.ndarray,
@@ -152,7 +154,7 @@ def _evaluate_instant(E: int, n_slos: int, acc: np.ndarray, cum: np.ndarray, hea
             tl = wsum[s, jl, 0]
             ts_ = wsum[s, js, 0]
             f = rule_factor[s, r]
-            cond = (tl >= min_events[s] and ts_ >= 1
+            cond = (tl >= min_events[s] and ts_ >= 1 and E - history_start >= rule_min_hist[s, r]
                     and _burn(wsum[s, jl, 1], tl, B) > f and _burn(wsum[s, js, 1], ts_, B) > f)
             if cond:
                 if tier_since[s, r] < 0:
@@ -255,7 +257,8 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
         win_res: np.ndarray, win_n: np.ndarray,
         rule_count: np.ndarray, rule_long: np.ndarray, rule_short: np.ndarray,
         rule_factor: np.ndarray, rule_sev: np.ndarray, rule_for_ns: np.ndarray,
-        min_events: np.ndarray, keep_ns: np.ndarray, sev_enabled: np.ndarray,
+        rule_min_hist: np.ndarray, min_events: np.ndarray, keep_ns: np.ndarray,
+        sev_enabled: np.ndarray,
         suppress_ticket: np.ndarray,
         clock: np.ndarray, acc: np.ndarray, cum: np.ndarray, heads: np.ndarray, rings: np.ndarray,
         wsum: np.ndarray,
@@ -348,7 +351,8 @@ def run(ts_ns: np.ndarray, key: np.ndarray, status: np.ndarray, lat_us: np.ndarr
         _advance_clock(E, step, n_slos, heads, res_ns, ring_n, ring_off, rings, wsum, win_res, win_n)
         n_rec = _evaluate_instant(E, n_slos, acc, cum, heads, ring_n, ring_off, rings, wsum, budget,
                                   rule_count, rule_long, rule_short, rule_factor, rule_sev,
-                                  rule_for_ns, min_events, keep_ns, sev_enabled, suppress_ticket,
+                                  rule_for_ns, rule_min_hist, clock[2] - step, min_events, keep_ns,
+                                  sev_enabled, suppress_ticket,
                                   tier_since, firing, inactive_since, fired_tier, rec_i64, rec_sums,
                                   n_rec, hist, hist_row, hist_head[0], hist_window, pcts, scratch,
                                   pct_out, rec_pct, um, hm)

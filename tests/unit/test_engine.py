@@ -219,3 +219,25 @@ def test_latency_percentiles_cover_the_histogram_window() -> None:
         assert got == want, f"at minute {cut}"
         checked += 1
     assert checked == 19
+
+
+def test_warm_up_guard_waits_for_a_full_long_window() -> None:
+    def cfg(require_full: bool) -> Config:
+        return parse_config({"slos": [{
+            "name": "a", "service": "api", "objective": 99.0, "period": "1d",
+            "sli": {"availability": {}},
+            "alerting": {"require_full_windows": require_full, "windows": [
+                {"name": "fast", "severity": "page", "long_window": "10m", "short_window": "1m",
+                 "factor": 10}]}}]})
+
+    first_pages = {}
+    for require_full in (True, False):
+        eng = Engine(cfg(require_full))
+        k = eng.key_id("api")
+        # 100 % errors from the very first second: only the guard stands between them and a page.
+        ts = (T0 + np.arange(1200)) * NS
+        eng.ingest(EventBatch.from_arrays(ts, np.full(1200, k), np.full(1200, 500)))
+        events = eng.advance((T0 + 1200) * NS)
+        first_pages[require_full] = events[0].ts - T0
+    # History starts at T0 (first instant T0 + 1 s): the 10-minute window is full at T0 + 600 s.
+    assert first_pages == {True: 600.0, False: 1.0}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from engine.batch import KeyTable
@@ -191,5 +191,14 @@ def test_any_lines_any_chunk_size(
     lines: list[bytes], chunk_bytes: int, kind: str, final_newline: bool
 ) -> None:
     data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    # Plain input that starts with a compression magic number is read as compressed (stdin has no
+    # file name to go by); that case is tested on its own.
+    assume(kind != "none" or not data.startswith((b"\x1f\x8b", b"\x28\xb5\x2f\xfd")))
     chunks = list(FileSource("-", chunk_bytes, stdin=io.BytesIO(compress(kind, data))))
     check_chunks(chunks, data)
+
+
+def test_plain_stdin_that_looks_compressed_is_reported() -> None:
+    # Two bytes of gzip magic and nothing else: read as gzip, reported as truncated, not guessed at.
+    with pytest.raises(DecodeError, match="truncated_input"):
+        list(FileSource("-", 1, stdin=io.BytesIO(b"\x1f\x8b")))

@@ -43,7 +43,8 @@ def series(smp: Samples, name: str, **labels: str) -> list[dict[str, str]]:
 
 def make_engine(objectives: dict[str, float]) -> Engine:
     cfg = parse_config({"slos": [
-        {"name": name, "service": name, "objective": obj, "sli": {"availability": {}}}
+        {"name": name, "service": name, "objective": obj, "sli": {"availability": {}},
+         "alerting": {"require_full_windows": False}}
         for name, obj in objectives.items()
     ]})
     return Engine(cfg)
@@ -181,7 +182,8 @@ def test_daemon_instruments() -> None:
 
 def test_slo_gauges_from_engine_and_absent_without_data() -> None:
     # 99 % objective: B = 0.01. 1000 events with 5 bad: burn rate 0.5 in every window that holds
-    # them all, budget remaining 1 - 5 / (0.01 * 1000) = 0.5.
+    # them all. Budget remaining over the 30-day period: 109 s of history (events from T0 + 1 s,
+    # evaluated at T0 + 110 s) extrapolate to 1000 * 30 d / 109 s events, of which 5 are bad.
     engine = make_engine({"api": 99.0, "idle": 99.9})
     feed(engine, "api", total=1000, bad=5)
     engine.advance((T0_S + 110) * NS)
@@ -195,7 +197,9 @@ def test_slo_gauges_from_engine_and_absent_without_data() -> None:
     assert windows == {"5m", "30m", "1h", "2h", "6h", "1d", "3d"}
     for w in windows:
         assert value(smp, "sloburn_slo_burn_rate", slo="api", window=w) == pytest.approx(0.5)
-    assert value(smp, "sloburn_slo_error_budget_remaining_ratio", slo="api") == pytest.approx(0.5)
+    coverage = 109 / (30 * 86400)
+    remaining = 1 - 5 / (0.01 * 1000 / coverage)
+    assert value(smp, "sloburn_slo_error_budget_remaining_ratio", slo="api") == pytest.approx(remaining)
     assert value(smp, "sloburn_slo_objective_ratio", slo="api") == pytest.approx(0.99)
 
     # No data: no sample at all (not NaN, not 0), and the policy says so.
@@ -225,7 +229,8 @@ def test_slo_gauges_from_engine_and_absent_without_data() -> None:
     assert value(smp, "sloburn_events_ingested_total") == 1000
 
     # A stricter policy moves the same SLO to another state on the next refresh.
-    m.refresh_from_engine(engine, BudgetPolicy(warning_below_percent=80, freeze_below_percent=60))
+    assert remaining * 100 < 99.99999
+    m.refresh_from_engine(engine, BudgetPolicy(warning_below_percent=100, freeze_below_percent=99.99999))
     assert value(samples(m), "sloburn_slo_budget_policy_state", slo="api", state="freeze") == 1
 
 
@@ -246,7 +251,10 @@ def test_firing_alert_and_before_first_evaluation() -> None:
     assert [(a.slo, a.severity, a.action) for a in alerts] == [("pay", "page", "trigger")]
     assert value(smp, "sloburn_slo_alert_firing", slo="pay", severity="page") == 1
     assert value(smp, "sloburn_slo_burn_rate", slo="pay", window="5m") == pytest.approx(0.1 / 0.001)
-    assert value(smp, "sloburn_slo_budget_policy_state", slo="pay", state="freeze") == 1
+    # 20 bad of 200 in 109 s of history, extrapolated over the 30-day period: 99.58 % left.
+    remaining = 1 - 20 / (0.001 * 200 / (109 / (30 * 86400)))
+    assert value(smp, "sloburn_slo_error_budget_remaining_ratio", slo="pay") == pytest.approx(remaining)
+    assert value(smp, "sloburn_slo_budget_policy_state", slo="pay", state="healthy") == 1
 
 
 # ------------------------------------------------------------------------------------ exposition

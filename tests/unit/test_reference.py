@@ -234,9 +234,10 @@ def test_for_and_keep_firing_for() -> None:
     assert timeline(alerts) == [("page", "trigger", 19, "p"), ("page", "resolve", 39, "p")]
     trig, res = alerts
     assert trig.burn_rates == {"10s": (9 / 10) / 0.1}
-    assert trig.budget_remaining == 1 - 9 / (0.1 * 19)
+    # 1-day period, history from ONSET: 19 s and 39 s of it, extrapolated to the whole day.
+    assert trig.budget_remaining == 1 - 9 / (0.1 * (19 / (19 / 86400)))
     assert res.burn_rates == {"10s": (1 / 10) / 0.1}
-    assert res.budget_remaining == 1 - 20 / (0.1 * 39)
+    assert res.budget_remaining == 1 - 20 / (0.1 * (39 / (39 / 86400)))
     assert trig.dedup_key == res.dedup_key == dedup_key("tiny", "page")
 
 
