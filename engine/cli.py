@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_convert)
 
     for modname in ("engine.generate", "engine.cli_outbox", "engine.cli_daemon", "engine.cli_budget",
-                    "engine.demo"):
+                    "engine.demo", "engine.cli_import", "engine.cli_bench", "engine.docs"):
         _register(sub, modname)
     return parser
 
