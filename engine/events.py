@@ -141,8 +141,6 @@ class EventDecoder:
         problems = [f"$.events.{attr}: expected a field name or dotted path, got {name!r}"
                     for attr, name in zip(_FIELDS, names, strict=True)
                     if not name or "" in name.split(".")]
-        if config.format not in FORMATS:
-            problems.append(f"$.events.format: expected one of {FORMATS}, got {config.format!r}")
         if config.ts_unit != "auto" and config.ts_unit not in _UNITS:
             problems.append(f"$.events.ts_unit: expected auto, s, ms, us or ns, got {config.ts_unit!r}")
         if config.latency_unit not in _LATENCY_TO_US:
@@ -178,6 +176,12 @@ class EventDecoder:
         self._labels_seen = False  # once a labels object came, freeze labels right away
         self._ts_unit = -1 if config.ts_unit == "auto" else _UNITS.index(config.ts_unit)
         self._latency_scale = _LATENCY_TO_US[config.latency_unit]
+        self._registered: dict[str, Any] = {}  # other format names -> engine.formats.registry decoders
+        if config.format not in FORMATS:
+            try:
+                self._registered_format(config.format)
+            except DecodeError as e:
+                raise ConfigError([f"$.events.format: {e.detail}"]) from None
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -190,16 +194,20 @@ class EventDecoder:
             The buffer: NDJSON lines, one JSON document, or one msgpack document.
         fmt
             ``ndjson``, ``json`` (an object or an array of objects), ``msgpack`` (a map or an array of
-            maps) or ``auto`` (see :func:`sniff_format`); defaults to ``config.format``.
+            maps) or ``auto`` (see :func:`sniff_format`); defaults to ``config.format``. Other names
+            (access logs, OTLP, k6, aggregates, Prometheus, ``detect``) go to the decoders of
+            :mod:`engine.formats.registry`.
 
         Raises
         ------
         DecodeError
             Only for an unknown ``fmt``, never for bad data.
+        ConfigError
+            When ``fmt`` needs a mapping file (``mapping``, Prometheus) and it is missing or invalid.
         """
         fmt = self.config.format if fmt is None else fmt
         if fmt not in FORMATS:
-            raise DecodeError("unknown_format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
+            return self._registered_format(fmt).decode(data)
         rej = Rejections()
         if fmt == "auto":
             fmt = sniff_format(data)
@@ -218,6 +226,15 @@ class EventDecoder:
         if self._fast:
             self._learn_keys()
         return batch, rej
+
+    def _registered_format(self, name: str) -> Any:
+        """The decoder of a log, trace or metrics format (:mod:`engine.formats.registry`), made once."""
+        found = self._registered.get(name)
+        if found is None:
+            from engine.formats.registry import make_decoder
+
+            found = self._registered[name] = make_decoder(name, self)
+        return found
 
     def _learn_keys(self) -> None:
         """Rebuild the Literal decoders when the key tables hold new values (up to a limit)."""
