@@ -31,7 +31,8 @@ from engine.io.metrics import Metrics
 pytestmark = pytest.mark.integration
 
 NS = 1_000_000_000
-T0_S = 1_700_000_000
+T0_S = 1_700_002_800  # a whole hour, so that the windows below end on bucket edges
+SCENARIO_S = T0_S + 3 * 86_400 + 3_500  # 3 days of quiet history: every window and the period full
 ROUTING_KEY = "R0ABCDEFGHIJKLMNOPQRSTUVWXYZ0123"  # 32 characters, the shape of an Events API v2 key
 N_EVENTS = 1000
 
@@ -79,10 +80,16 @@ def build_view() -> View:
     slos = []
     for name, (service, objective, _) in SCENARIO.items():
         sli = {"latency": {"threshold_ms": 300}} if "latency" in name else {"availability": {}}
-        slos.append({"name": name, "service": service, "objective": objective, "sli": sli})
-    slos.append({"name": IDLE, "service": "reports", "objective": 99.0, "sli": {"availability": {}}})
+        # Tickets off: over a 3-day period their factors (0.3, 0.1) would catch every SLO here.
+        slos.append({"name": name, "service": service, "objective": objective, "period": "3d",
+                     "sli": sli, "alerting": {"disable": ["ticket"]}})
+    slos.append({"name": IDLE, "service": "reports", "objective": 99.0, "period": "3d",
+                 "sli": {"availability": {}}})
     engine = Engine(parse_config({"slos": slos}))
     view = View(engine=engine, metrics=Metrics())
+    # History starts at T0 with an event no SLO takes; the SLOs see their events a day later.
+    anchor = engine.keys.intern(EventKey("anchor"))
+    engine.ingest(EventBatch.from_arrays([T0_S * NS], [anchor], [200]))
     offsets = np.arange(N_EVENTS, dtype=np.int64) * (100 * NS // N_EVENTS)
     for name, (service, _, bad) in SCENARIO.items():
         key = engine.keys.intern(EventKey(service))
@@ -92,10 +99,11 @@ def build_view() -> View:
         # Two batches per service, as a consumer would hand them over.
         for part in np.array_split(np.arange(N_EVENTS), 2):
             engine.ingest(EventBatch.from_arrays(
-                (T0_S + 1) * NS + offsets[part], np.full(part.size, key), status[part],
+                SCENARIO_S * NS + offsets[part], np.full(part.size, key), status[part],
                 latency_ms[part] * 1000.0))
-    # Every event lies in [T0+1, T0+101): at T0+110 every window holds them all.
-    view.tick((T0_S + 110) * NS)
+    # Every event lies in [S, S+100): at S+100, a bucket edge of every resolution, every window holds
+    # them all and the 3-day period is exactly [T0+1 h, S+100 s), all history.
+    view.tick((SCENARIO_S + 100) * NS)
     return view
 
 
@@ -174,8 +182,8 @@ async def test_one_budget_and_unknown_slo(served: tuple[View, str]) -> None:
     status, _, body = await get(f"{base}/v1/budgets/checkout-availability")
     assert status == 200
     one = msgspec.json.decode(body)
-    assert one["slo"] == "checkout-availability" and one["objective"] == 90.0 and one["period"] == "30d"
-    assert one["ts"] == T0_S + 110
+    assert one["slo"] == "checkout-availability" and one["objective"] == 90.0 and one["period"] == "3d"
+    assert one["ts"] == SCENARIO_S + 100
 
     status, _, body = await get(f"{base}/v1/budgets/reports%2Fdaily%20export")
     assert status == 200 and msgspec.json.decode(body)["slo"] == IDLE
@@ -202,8 +210,8 @@ async def test_alerts(served: tuple[View, str]) -> None:
     a = alerts[0]
     assert a["dedup_key"] == hashlib.sha256(b"payments-availability/page").hexdigest()
     assert a["tier"] == "page_quick"
-    # It fired at the first evaluated instant, T0+2 s, over the 10 events before it: all bad.
-    assert a["ts"] == T0_S + 2
+    # It fired at the first instant after its events began, S+1 s, over the 10 events before it: all bad.
+    assert a["ts"] == SCENARIO_S + 1
     assert a["burn_rates"]["1h"] == pytest.approx(1.0 / 0.001)
     assert a["windows"]["5m"] == {"bad": 10, "total": 10}
 
