@@ -93,17 +93,19 @@ class Alerting(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How an SLO alerts.
 
     ``windows`` names a catalog shipped in ``configs/windows`` (``sre-workbook``, ``pyrra``, or any
-    catalog file by path) or lists custom tiers. ``min_events`` is the low-traffic guard: a tier
-    does not fire while its long window holds fewer events. ``require_full_windows`` is the warm-up
-    guard: a tier does not fire until the engine has seen its whole long window of event time (a
-    window younger than its length burns like a shorter window: 4 minutes of data in a 1-day window
-    make a 1-day burn rate out of a 4-minute one).
+    catalog file by path) or lists custom tiers. ``min_events`` (default 100) is the low-traffic
+    guard: a tier does not fire while its long window holds fewer events. ``keep_firing_for``
+    (default 10m) holds a firing alert through short gaps, so that a burst every few minutes pages
+    once. Both defaults come from the strategy benchmark (bench/strategies/RESULTS.md).
+    ``require_full_windows`` is the warm-up guard: a tier does not fire until the engine has seen
+    its whole long window of event time (a window younger than its length burns like a shorter
+    window: 4 minutes of data in a 1-day window make a 1-day burn rate out of a 4-minute one).
     """
 
     windows: str | list[TierSpec] = "sre-workbook"
-    min_events: int = 0
+    min_events: int = 100
     for_: Duration | None = msgspec.field(default=None, name="for")
-    keep_firing_for: Duration | None = None
+    keep_firing_for: Duration | None = "10m"
     severities: dict[str, PagerDutySeverity] = msgspec.field(
         default_factory=lambda: {"page": "critical", "ticket": "warning"}
     )

@@ -110,7 +110,8 @@ def workbook_config(*, step_s: int = 1, objective: float = 99.9, windows: Any = 
             "period": "30d",
             "sli": {"availability": {"bad_status": ["5xx"]}},
             # The step scenarios come with full history; the warm-up guard has its own tests.
-            "alerting": {"windows": windows, "disable": disable or [], "require_full_windows": False},
+            "alerting": {"windows": windows, "disable": disable or [], "require_full_windows": False,
+                         "min_events": 0, "keep_firing_for": 0},
         }],
         "engine": {"step_s": step_s},
     }
@@ -200,7 +201,8 @@ def per_tier_config(*, step_s: int) -> dict[str, Any]:
     base = workbook_config(step_s=step_s)
     slo = base["slos"][0]
     base["slos"] = [
-        {**slo, "name": f"tier-{name}", "alerting": {"require_full_windows": False, "windows": [{
+        {**slo, "name": f"tier-{name}", "alerting": {
+            "require_full_windows": False, "min_events": 0, "keep_firing_for": 0, "windows": [{
             "name": name, "severity": "page", "long_window": long_s, "short_window": short_s,
             "budget_percent": pct}]}}
         for name, _, long_s, short_s, pct in WORKBOOK_TIERS
@@ -239,7 +241,8 @@ def tiny_config(tiers: list[dict[str, Any]], **alerting: Any) -> dict[str, Any]:
             "objective": 90,
             "period": "1d",
             "sli": {"availability": {"bad_status": ["5xx"]}},
-            "alerting": {"windows": tiers, "require_full_windows": False, **alerting},
+            "alerting": {"windows": tiers, "require_full_windows": False, "min_events": 0,
+                         "keep_firing_for": 0, **alerting},
         }],
         "engine": {"step_s": 1},
     }

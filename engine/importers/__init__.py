@@ -169,6 +169,12 @@ def new_slo(**fields: Any) -> dict[str, Any]:
     obj = fields.get("objective")
     if isinstance(obj, float) and obj.is_integer():
         fields["objective"] = int(obj)
+    alerting = fields.get("alerting")
+    if isinstance(alerting, dict):
+        # Alert as the source tool did: sloburn's own guards (min_events 100, keep_firing_for 10m)
+        # are left for the user to turn on, so that an imported SLO pages exactly as before.
+        alerting.setdefault("min_events", 0)
+        alerting.setdefault("keep_firing_for", "0s")
     return {k: fields[k] for k in SLO_KEYS if fields.get(k) not in (None, "", {}, [])}
 
 

@@ -263,7 +263,7 @@ def _slo(raw: Any, service: str, svc_labels: dict[str, str], svc_chain: list[Any
 
 def _ordered(alerting: dict[str, Any]) -> dict[str, Any]:
     order = ("windows", "severities", "disable")
-    return {k: alerting[k] for k in order if alerting.get(k)}
+    return {k: alerting[k] for k in order if alerting.get(k)}  # guards are added by new_slo
 
 
 def _alerting(a: Any, labels: dict[str, str]) -> tuple[dict[str, Any], str | None]:

@@ -166,14 +166,14 @@ slos:
     objective: 99.9
     period: 30d
     sli: {availability: {bad_status: [5xx], exclude_status: [4xx]}}
-    alerting: {windows: sre-workbook, disable: [ticket]}
+    alerting: {windows: sre-workbook, disable: [ticket], min_events: 0, keep_firing_for: 0s}
   - name: cart-latency
     service: cart
     objective: 99.9
     period: 30d
     sli: {latency: {threshold_s: 1}}
-    alerting: {windows: sre-workbook, disable: [ticket]}
-"""
+    alerting: {windows: sre-workbook, disable: [ticket], min_events: 0, keep_firing_for: 0s}
+"""  # Sloth's timing: neither of sloburn's guards
 
 
 def _series(good: str, bad: str) -> str:

@@ -226,7 +226,7 @@ def test_warm_up_guard_waits_for_a_full_long_window() -> None:
         return parse_config({"slos": [{
             "name": "a", "service": "api", "objective": 99.0, "period": "1d",
             "sli": {"availability": {}},
-            "alerting": {"require_full_windows": require_full, "windows": [
+            "alerting": {"require_full_windows": require_full, "min_events": 0, "windows": [
                 {"name": "fast", "severity": "page", "long_window": "10m", "short_window": "1m",
                  "factor": 10}]}}]})
 

@@ -406,7 +406,7 @@ def test_kernels_compose_inside_njit() -> None:
     """The engine calls the record and percentile kernels from its own @njit code."""
 
     @njit
-    def minute_p99(  # noqa: PLR0917 - an engine-style kernel
+    def minute_p99(
         ring: npt.NDArray[np.int64],
         slot: int,
         lat: npt.NDArray[np.float64],

@@ -44,7 +44,7 @@ def series(smp: Samples, name: str, **labels: str) -> list[dict[str, str]]:
 def make_engine(objectives: dict[str, float]) -> Engine:
     cfg = parse_config({"slos": [
         {"name": name, "service": name, "objective": obj, "sli": {"availability": {}},
-         "alerting": {"require_full_windows": False}}
+         "alerting": {"require_full_windows": False, "min_events": 0, "keep_firing_for": 0}}
         for name, obj in objectives.items()
     ]})
     return Engine(cfg)
