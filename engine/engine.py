@@ -69,7 +69,9 @@ class Engine:
         self._csr_off = np.zeros(1, np.int64)
         self._csr_slo = np.empty(0, np.int32)
         self._csr_rows: list[list[int]] = []
-        self._pending = EventBatch.empty()
+        # Events not yet evaluated: sorted chunks, each one's first event at or after the previous
+        # one's last, so that an in-order stream appends without copying what already waits.
+        self._chunks: list[EventBatch] = []
         self._max_ts_ns: int | None = None
         self._first_instant_ns = -1
         # Kernel state
@@ -128,7 +130,7 @@ class Engine:
     @property
     def pending_events(self) -> int:
         """Events ingested but not yet evaluated (at or beyond the next instant)."""
-        return len(self._pending)
+        return sum(len(c) for c in self._chunks)
 
     def _start(self, t0_ns: int) -> None:
         step = self.plan.step_ns
@@ -185,14 +187,25 @@ class Engine:
         self.events_ingested += int(batch.weight.sum())
         hi = int(ts[-1])
         self._max_ts_ns = hi if self._max_ts_ns is None else max(self._max_ts_ns, hi)
-        pend = self._pending
-        if len(pend) == 0:
-            self._pending = batch
-        elif int(pend.ts_ns[-1]) <= int(ts[0]):
-            self._pending = EventBatch.concat([pend, batch])
-        else:
-            merged = EventBatch.concat([pend, batch])
-            self._pending = merged.take(np.argsort(merged.ts_ns, kind="stable"))
+        chunks = self._chunks
+        if not chunks or int(chunks[-1].ts_ns[-1]) <= int(ts[0]):
+            chunks.append(batch)
+            return
+        # Merge with the chunks the batch overlaps (for a stream in rough order: the last one or two).
+        k = len(chunks)
+        while k > 0 and int(chunks[k - 1].ts_ns[-1]) > int(ts[0]):
+            k -= 1
+        merged = EventBatch.concat([*chunks[k:], batch])
+        chunks[k:] = [merged.take(np.argsort(merged.ts_ns, kind="stable"))]
+
+    @property
+    def _pending(self) -> EventBatch:
+        """All events not yet evaluated, as one sorted batch (a copy; for snapshots)."""
+        return EventBatch.concat(self._chunks) if self._chunks else EventBatch.empty()
+
+    @_pending.setter
+    def _pending(self, batch: EventBatch) -> None:
+        self._chunks = [batch] if len(batch) else []
 
     # ------------------------------------------------------------------ advance
 
@@ -200,13 +213,35 @@ class Engine:
         """Evaluate every instant up to ``watermark_ns``; return the alert transitions, in order."""
         if not self.started:
             return []
-        p = self.plan
-        pend = self._pending
         out: list[AlertEvent] = []
+        until = int(watermark_ns)
+        chunks = self._chunks
+        while chunks:
+            # Instants up to the next chunk's first event may be evaluated with this chunk alone:
+            # at E every event before E is in it.
+            bound = until if len(chunks) == 1 else min(until, int(chunks[1].ts_ns[0]))
+            i = self._run(chunks[0], bound, out)
+            if i == len(chunks[0]):
+                chunks.pop(0)
+                continue
+            rest = chunks[0].take(slice(i, None))  # a view: the arrays stay contiguous
+            if bound == until:
+                chunks[0] = rest
+                break
+            # The next instant needs events of both chunks: join them (the rest is the smaller part).
+            chunks[0:2] = [EventBatch.concat([rest, chunks[1]])]
+        if not chunks:
+            self._run(EventBatch.empty(), until, out)
+        self._sync_counters()
+        return out
+
+    def _run(self, pend: EventBatch, until: int, out: list[AlertEvent]) -> int:
+        """Run the kernel over ``pend`` up to ``until``; append transitions to ``out``; next event index."""
+        p = self.plan
         i = 0
         while True:
             i, n_rec, status = K.run(
-                pend.ts_ns, pend.key, pend.status, pend.latency_us, pend.weight, i, int(watermark_ns),
+                pend.ts_ns, pend.key, pend.status, pend.latency_us, pend.weight, i, until,
                 self._csr_off, self._csr_slo,
                 p.status_class, p.lat_thr_us, p.is_latency, p.budget,
                 p.step_ns, p.max_late_ns, p.res_ns, p.ring_n, p.ring_off, p.win_res, p.win_n,
@@ -222,10 +257,7 @@ class Engine:
             for r in range(n_rec):
                 out.append(self._record_to_event(r))
             if status == K.DONE:
-                break
-        self._pending = pend.take(slice(i, None)) if i else pend
-        self._sync_counters()
-        return out
+                return int(i)
 
     def _sync_counters(self) -> None:
         delta = self._counters - self._counted
