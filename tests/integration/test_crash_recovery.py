@@ -149,8 +149,15 @@ async def test_kill_9_at_random_points_loses_and_duplicates_nothing(
         producer = asyncio.ensure_future(produce_paced(kafka_broker, topic, lines, span_s=14.0))
         t0 = time.monotonic()
         for k in range(N_KILLS):
-            # Once it has restored its state and started consuming, killed wherever it is.
+            # Once it has restored its state and started consuming, killed wherever it is; the first
+            # time only once it has written a checkpoint, so that some restart has state to restore
+            # (a cold JIT cache can delay the first checkpoint by seconds).
             await wait_for_log(child, "daemon running", k + 1)
+            if k == 0:
+                deadline = time.monotonic() + 60
+                while newest_checkpoint(state_dir) is None:
+                    assert time.monotonic() < deadline, "no checkpoint within 60 s"
+                    await asyncio.sleep(0.1)
             await asyncio.sleep(rng.uniform(0.2, 2.5))
             kills.append(round(time.monotonic() - t0, 2))
             await child.kill()
