@@ -20,6 +20,7 @@ them by display name. Error bounds (against the exact window ``[t - w, t)``):
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
@@ -217,9 +218,10 @@ class _KernelStrategy(WindowStrategy):
             self._counted = late
         return WindowAnswers(out_bad, out_total)
 
+    @abstractmethod
     def _run(self, ts: I64, bad: I64, total: I64, instants: I64, out_bad: np.ndarray,
              out_total: np.ndarray) -> int:
-        raise NotImplementedError
+        """Run the strategy's kernel over pending rows; fill the answers; return the rows used."""
 
 
 class BucketRing(_KernelStrategy):
