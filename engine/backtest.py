@@ -128,7 +128,7 @@ class Backtest:
                 slo=name,
                 objective=sp.objective,
                 period_s=sp.period_s,
-                window_labels=[_label(w) for w in sp.windows_s],
+                window_labels=list(sp.window_labels),
                 ts_s=ts,
                 burn=burn,
                 budget_remaining=np.array(s.budget.get(name, []), np.float64),
@@ -147,12 +147,6 @@ class Backtest:
             events_per_s=self.events_in / wall_s if wall_s > 0 else 0.0,
             events=self.events_in,
         )
-
-
-def _label(w: int) -> str:
-    from engine.durations import format_duration
-
-    return format_duration(w)
 
 
 def run_backtest(config: Config, inputs: list[str], *, fmt: str | None = None,

@@ -99,6 +99,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
 def _print_timeline(out: Any, result: Any) -> None:
     from rich.table import Table
 
+    from engine.durations import format_duration
+
     table = Table(title="Alert timeline (event time, UTC)")
     for col in ("time", "slo", "severity", "action", "tier", "burn rates (tier windows)", "budget left"):
         table.add_column(col)
@@ -107,8 +109,6 @@ def _print_timeline(out: Any, result: Any) -> None:
                     for s in result.series for t in s.tiers}
     for a in events:
         # The windows of the tier that fired, long then short: what decided the alert.
-        from engine.durations import format_duration
-
         long_s, short_s = tier_windows.get((a.slo, a.tier), (0, 0))
         shown = [format_duration(long_s), format_duration(short_s)]
         burns = " ".join(f"{k}={_fmt_burn(a.burn_rates.get(k))}" for k in shown if k in a.burn_rates)

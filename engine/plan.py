@@ -268,7 +268,3 @@ def build_plan(cfg: Config) -> Plan:
         hist_digits=e.histogram_digits, hist_max_us=e.histogram_max_us,
         by_name={sp.slo.name: sp.row for sp in plans},
     )
-
-
-def window_label(window_s: int) -> str:
-    return format_duration(window_s)
