@@ -46,7 +46,7 @@ ENV = {"PD_ROUTING_KEY": ROUTING_KEY}
 
 
 def config(bootstrap: str, topic: str, pd_url: str, state_dir: Path, slos: list[dict[str, Any]], *,
-           lateness_s: float, tick_s: float) -> Config:
+           lateness_s: float, tick_s: float, decode_workers: int | str = "auto") -> Config:
     return parse_config({
         "slos": slos,
         "engine": {"allowed_lateness_s": lateness_s},
@@ -60,7 +60,7 @@ def config(bootstrap: str, topic: str, pd_url: str, state_dir: Path, slos: list[
         "state_dir": str(state_dir),
         "http": {"enabled": False},
         "tick_s": tick_s,
-        "daemon": {"idle_after_s": None, "checkpoint_interval_s": 10},
+        "daemon": {"idle_after_s": None, "checkpoint_interval_s": 10, "decode_workers": decode_workers},
     }, "bench")
 
 
@@ -81,11 +81,12 @@ async def start_daemon(cfg: Config, session: aiohttp.ClientSession, *,
 
 
 async def daemon_rate(bootstrap: str, topic: str, n_messages: int, per_message: int, pd_url: str,
-                      work: Path) -> float:
+                      work: Path, decode_workers: int | str = "auto") -> float:
     """Events/s of the daemon over ``topic``, from the end of its group join to the last message."""
     slos = [{"name": f"{s}-availability", "service": s, "objective": 99.9, "sli": {"availability": {}}}
             for s in SERVICES]
-    cfg = config(bootstrap, topic, pd_url, work / uuid.uuid4().hex, slos, lateness_s=5, tick_s=1)
+    cfg = config(bootstrap, topic, pd_url, work / uuid.uuid4().hex, slos, lateness_s=5, tick_s=1,
+                 decode_workers=decode_workers)
     async with aiohttp.ClientSession() as session:
         # Paused until the group has assigned the partitions: nothing is prefetched during the join.
         daemon, task = await start_daemon(cfg, session, paused=True)
@@ -127,7 +128,7 @@ async def throughput(args: argparse.Namespace, bootstrap: str, pd_url: str, work
     # Warm-up: the engine's kernels compile (or load from the numba cache) on first use.
     warm = f"e2e-warm-{uuid.uuid4().hex[:8]}"
     await fill_topic(bootstrap, warm, bench_lines(20_000, args.seed), args.partitions, 1 << 20)
-    await daemon_rate(bootstrap, warm, 20_000, 1, pd_url, work)
+    await daemon_rate(bootstrap, warm, 20_000, 1, pd_url, work, args.decode_workers)
     rows = []
     for per_message, n_messages in ((1, args.messages), (100, args.batched_messages)):
         topic = f"e2e-{per_message}x-{uuid.uuid4().hex[:8]}"
@@ -146,7 +147,8 @@ async def throughput(args: argparse.Namespace, bootstrap: str, pd_url: str, work
                                               max_partition_fetch_bytes=1 << 20, n_partitions=args.partitions,
                                               check_crcs=True)
             bare.append(got * per_message / seconds)
-            mine.append(await daemon_rate(bootstrap, topic, n_messages, per_message, pd_url, work))
+            mine.append(await daemon_rate(bootstrap, topic, n_messages, per_message, pd_url, work,
+                                          args.decode_workers))
         rows.append((per_message, max(bare), max(mine)))
     return rows
 
@@ -219,6 +221,10 @@ async def alert_delays(args: argparse.Namespace, bootstrap: str, receiver: Pager
     return delays
 
 
+def _workers(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.daemon_e2e", description=__doc__.split("\n")[0])
     p.add_argument("--messages", type=int, default=200_000, help="messages of the 1-event topic")
@@ -227,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="reads per topic and reader; the best is shown")
     p.add_argument("--runs", type=int, default=10, help="incidents timed for the alert delay")
     p.add_argument("--tick-s", type=float, default=1.0, help="the daemon's tick for the delay runs")
+    p.add_argument("--decode-workers", type=_workers, default="auto",
+                   help="the daemon's decode_workers (default auto)")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-delay", action="store_true")

@@ -2,7 +2,7 @@
 
 Tasks (each supervised: one that ends with an exception stops the daemon, exit code 1)::
 
-    consume   KafkaSource.fetch -> EventDecoder -> Engine.ingest -> Engine.advance(watermark)
+    consume   KafkaSource.fetch -> DecodePool (worker processes) -> Engine.ingest -> Engine.advance
     tick      every tick_s, or at once when transitions wait: outbox + checkpoint -> Kafka commit
     delivery  DeliveryLoop: outbox -> PagerDuty / webhook, paced, retried
     http      /metrics /healthz /readyz /v1/budgets /v1/alerts (served on the loop)
@@ -46,8 +46,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,11 +59,11 @@ from engine.config import Config, config_hash
 from engine.engine import Engine
 from engine.errors import CheckpointError, ConfigError, EngineError
 from engine.evaluator import BudgetPolicy
-from engine.events import EventDecoder, sniff_format
 from engine.io.checkpoint import AlertState, CheckpointStore
+from engine.io.decode_pool import Decoded, DecodePool, default_workers
 from engine.io.delivery import DeliveryLoop, DeliveryResult, Sender
 from engine.io.http import HttpServer
-from engine.io.kafka import FetchResult, Partition, SourceError, SourceState, join_ndjson
+from engine.io.kafka import FetchResult, Partition, SourceError, SourceState
 from engine.io.metrics import Metrics
 from engine.io.outbox import Outbox
 from engine.plan import NS, SEVERITIES
@@ -127,17 +127,6 @@ class _CountingSender:
         return result
 
 
-@dataclass
-class _Decoded:
-    """One fetch, decoded: events, rejections by reason, and the messages to dead-letter."""
-
-    rejections: Rejections
-    batch: EventBatch = field(default_factory=EventBatch.empty)
-    dead: list[tuple[bytes, str, tuple[str, int, int]]] = field(default_factory=list)
-    n_messages: int = 0
-    oversized: int = 0
-
-
 class Daemon:
     """The running daemon; also the :class:`engine.io.http.DaemonView` of its HTTP server.
 
@@ -188,7 +177,8 @@ class Daemon:
         self._lateness_ns = int(config.engine.allowed_lateness_s * NS)
         self._config_hash = config_hash(config)
         self._engine = Engine(config)
-        self._decoder: EventDecoder | None = None
+        self._pool: DecodePool | None = None
+        self._inflight: deque[tuple[FetchResult, asyncio.Future[Decoded]]] = deque()
         self._senders = [_CountingSender(s, self.metrics) for s in senders]
         self.outbox = Outbox(self.state_dir / OUTBOX_FILE, sinks=[s.name for s in senders],
                              coalesce=config.sinks.delivery.coalesce)
@@ -386,6 +376,8 @@ class Daemon:
         if source_started:
             with contextlib.suppress(SourceError, OSError):
                 await self.source.stop()
+        if self._pool is not None:
+            await self._pool.stop()
         self.outbox.close()
         if failed:
             log.error("daemon stopped after a failure in %s: %s", self._failed_task, self._failure)
@@ -419,28 +411,67 @@ class Daemon:
                      ckpt.path.name, h.seq, report.kept, report.fresh, report.dropped,
                      {f"{t}[{p}]": o for (t, p), o in sorted(self._positions.items())},
                      "" if h.config_hash == self._config_hash else " (config changed)")
-        self._decoder = EventDecoder(self.config.events, self._engine.keys)
+        workers = self._d.decode_workers
+        self._pool = DecodePool(self.config.events, self._engine.keys, fmt=self._fmt,
+                                max_message_bytes=self._max_message_bytes, dead_letters=self._dead_letters,
+                                workers=default_workers() if workers == "auto" else workers)
+        await self._pool.start()
         self._restored = True
         self.metrics.refresh_from_engine(self._engine, self.budget_policy)
 
     # ------------------------------------------------------------------ consume
 
     async def _consume_loop(self) -> None:
+        """Fetch, hand each fetch to the decode pool, ingest the decoded fetches in order.
+
+        Fetches are decoded while the next ones are fetched, up to ``DecodePool.busy`` (16 MiB of
+        message values in flight); a decoded fetch is ingested as soon as it and every fetch
+        before it are done.
+        """
+        pool = self._pool
+        assert pool is not None
+        inflight = self._inflight
         while not self._stop.is_set():
             self._backpressure()
-            if self.source.paused:
-                await self._sleep_or_stop(0.05)
+            while inflight and inflight[0][1].done():
+                await self._ingest_next()
+            if self.source.paused or pool.busy:
+                if inflight:
+                    await self._ingest_next()
+                else:
+                    await self._sleep_or_stop(0.05)
                 continue
-            result = await self.source.fetch(timeout_ms=200)
-            decoded = self._decode(result)
-            # Dead letters first: positions past a rejected message are recorded (and later
-            # checkpointed) only once its copy is acknowledged.
-            for value, reason, where in decoded.dead:
-                await self._dead_letter(value, reason, where)
-            self._ingest(result, decoded)
+            # With decodes in flight, only take what the consumer holds already (or nearly).
+            result = await self.source.fetch(timeout_ms=5 if inflight else 200)
+            if not result.partitions and not inflight:
+                self._ingest(result, Decoded(n_messages=0))  # positions, lag, rejected null messages
+            elif result.partitions or result.rejections:
+                inflight.append((result, pool.submit(result.values())))
             # fetch() returns at once while the consumer holds prefetched records: let the ticker,
             # the delivery loop and HTTP run between two batches.
             await asyncio.sleep(0)
+        while inflight:  # what was fetched is ingested (and so checkpointed) before shutting down
+            await self._ingest_next()
+
+    async def _ingest_next(self) -> None:
+        result, future = self._inflight[0]
+        decoded = await future
+        self._inflight.popleft()
+        # Dead letters first: positions past a rejected message are recorded (and later
+        # checkpointed) only once its copy is acknowledged.
+        for index, reason in decoded.dead:
+            value, where = self._message(result, index)
+            await self._dead_letter(value, reason, where)
+        self._ingest(result, decoded)
+
+    @staticmethod
+    def _message(result: FetchResult, index: int) -> tuple[bytes, tuple[str, int, int]]:
+        """The value and (topic, partition, offset) of message ``index`` of ``result.values()``."""
+        for part in result.partitions:
+            if index < len(part.values):
+                return part.values[index], (part.topic, part.partition, int(part.offsets[index]))
+            index -= len(part.values)
+        raise IndexError("message index past the fetch")
 
     def _backpressure(self) -> None:
         """Pause the source while over a limit, resume it once under; a pause made by others stays."""
@@ -460,53 +491,13 @@ class Daemon:
         self._paused_for = why
         self.metrics.set_backpressure(int(self._tick_lag_s / self.config.tick_s), self.source.paused)
 
-    def _decode(self, result: FetchResult) -> _Decoded:
-        """Decode one fetch (keys are interned; nothing else changes)."""
-        assert self._decoder is not None
-        out = _Decoded(Rejections(result.rejections))
-        rej, dead = out.rejections, out.dead
-        batches: list[EventBatch] = []
-        lines: list[bytes] = []
-        where_of: list[tuple[str, int, int]] = []
-        limit = self._max_message_bytes
-        fast = self._fmt == "ndjson" and not self._dead_letters
-        for part in result.partitions:
-            values = part.values
-            out.n_messages += len(values)
-            if fast and values and max(map(len, values)) <= limit:
-                lines.extend(values)  # the hot path: no per-message Python
-                continue
-            for i, value in enumerate(values):
-                where = (part.topic, part.partition, int(part.offsets[i]))
-                if len(value) > limit:
-                    rej.add("oversized_message")
-                    out.oversized += 1
-                    dead.append((value, "oversized_message", where))
-                    continue
-                fmt = sniff_format(value) if self._fmt == "auto" else self._fmt
-                if fmt == "ndjson":
-                    lines.append(value)
-                    where_of.append(where)
-                    continue
-                self._decode_one(value, fmt, where, batches, rej, dead)
-        if lines:
-            batch, r = self._decoder.decode(join_ndjson(lines), "ndjson")
-            if r and self._dead_letters:
-                # Find the culprits: decode message by message (keys intern idempotently).
-                for value, where in zip(lines, where_of, strict=True):
-                    self._decode_one(value, "ndjson", where, batches, rej, dead)
-            else:
-                rej.update(r)
-                batches.append(batch)
-        out.batch = EventBatch.concat([b for b in batches if len(b)])
-        return out
-
-    def _ingest(self, result: FetchResult, decoded: _Decoded) -> None:
+    def _ingest(self, result: FetchResult, decoded: Decoded) -> None:
         """Ingest a decoded fetch, record its positions and advance; no await in between.
 
         Transitions wait in ``_unflushed`` for the tick that puts them in the outbox with a checkpoint.
         """
-        rej = decoded.rejections
+        rej = Rejections(decoded.rejections)
+        rej.update(result.rejections)
         for reason, n in result.rejections.items():
             self.metrics.count_malformed(reason, n)
         if decoded.oversized:
@@ -526,17 +517,6 @@ class Daemon:
         self.rejections.update(rej)
         # Advancing per fetch, as the backtest does per chunk, keeps the pending events few.
         self._advance()
-
-    def _decode_one(self, value: bytes, fmt: str, where: tuple[str, int, int], batches: list[EventBatch],
-                    rej: Rejections, dead: list[tuple[bytes, str, tuple[str, int, int]]]) -> None:
-        assert self._decoder is not None
-        batch, r = self._decoder.decode(value, fmt)
-        if len(batch):
-            batches.append(batch)
-        if r:
-            rej.update(r)
-            if self._dead_letters:
-                dead.append((value, ",".join(sorted(r)), where))
 
     def _reject_future(self, batch: EventBatch, rej: Rejections) -> EventBatch:
         if not len(batch):

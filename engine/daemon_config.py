@@ -298,6 +298,11 @@ class DaemonSection(_Base, frozen=True):
         about 60 MB).
     max_tick_lag_s
         Consumption also pauses while the ticker runs this late (default 5 s).
+    decode_workers
+        Processes that parse message values while the daemon goes on fetching and evaluating
+        (:mod:`engine.io.decode_pool`); ``auto`` (default) is one less than the usable CPUs, at most
+        4; 0 parses in the daemon's own thread. Each worker takes about 60 MB of memory, and the
+        pool 4 MiB of ``/dev/shm`` per slot (two slots per worker, plus two).
     shutdown_flush_s
         On SIGTERM, how long the outbox may take to deliver what it holds (default 10 s).
     outbox_keep_delivered_s
@@ -314,6 +319,7 @@ class DaemonSection(_Base, frozen=True):
     max_future_s: NonNegativeFloat = 300.0
     max_pending_events: PositiveInt = 2_000_000
     max_tick_lag_s: PositiveFloat = 5.0
+    decode_workers: NonNegativeInt | Literal["auto"] = "auto"
     shutdown_flush_s: NonNegativeFloat = 10.0
     outbox_keep_delivered_s: PositiveFloat = 604_800.0
 

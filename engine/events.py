@@ -81,14 +81,18 @@ Bools = npt.NDArray[np.bool_]
 Int64s = npt.NDArray[np.int64]
 
 
+_ANY_TS: Final[Any] = int | float | str | None
+
+
 def _event_type(
-    rename: dict[str, str] | None, service: Any = str, route: Any = str, method: Any = str
+    rename: dict[str, str] | None, service: Any = str, route: Any = str, method: Any = str, *,
+    ts: Any = _ANY_TS,
 ) -> Any:
     """The Struct records decode into; ``rename`` maps its attributes to the configured field names."""
     return msgspec.defstruct(
         "Event",
         [
-            ("ts", int | float | str | None, None),
+            ("ts", ts) if ts is int else ("ts", ts, None),  # int: required, so never None
             ("service", service | None, None),
             ("route", route | None, ""),
             ("method", method | None, ""),
@@ -111,7 +115,7 @@ class _Decoders:
         self.json = msgspec.json.Decoder(one_or_many)
         self.msgpack = msgspec.msgpack.Decoder(one_or_many)
 
-    def decode(self, data: bytes, fmt: str) -> list[Any]:
+    def decode(self, data: bytes | memoryview, fmt: str) -> list[Any]:
         if fmt == "ndjson":
             return self.lines.decode_lines(data)
         doc = (self.json if fmt == "json" else self.msgpack).decode(data)
@@ -166,6 +170,10 @@ class EventDecoder:
         # identity compares). A new value fails them, and the buffer is decoded again with plain str.
         self._known: _Decoders | None = None
         self._known_sizes = (0, 0, 0)
+        # Whether the known decoders take integer timestamps only (then no per-event type check):
+        # chosen at each rebuild from the last buffer decoded the slow way.
+        self._known_int_ts = False
+        self._last_int_ts = False
         self._known_n_raw = 0
         self._rebuilds_left = _LITERAL_REBUILDS
         # service -> route -> method -> labels (as decoded) -> KeyTable id, or -1 when the service is
@@ -185,7 +193,7 @@ class EventDecoder:
 
     # -- entry points --------------------------------------------------------------------------
 
-    def decode(self, data: bytes, fmt: str | None = None) -> tuple[EventBatch, Rejections]:
+    def decode(self, data: bytes | memoryview, fmt: str | None = None) -> tuple[EventBatch, Rejections]:
         """Decode one buffer; bad records are counted in the returned Rejections, never raised.
 
         Parameters
@@ -207,13 +215,13 @@ class EventDecoder:
         """
         fmt = self.config.format if fmt is None else fmt
         if fmt not in FORMATS:
-            return self._registered_format(fmt).decode(data)
+            return self._registered_format(fmt).decode(bytes(data))
         rej = Rejections()
         if fmt == "auto":
             fmt = sniff_format(data)
         if self._known is not None:
             try:
-                return self._columns(self._known.decode(data, fmt), rej), rej
+                return self._columns(self._known.decode(data, fmt), rej, int_ts=self._known_int_ts), rej
             except msgspec.DecodeError:
                 pass
         if fmt == "ndjson":
@@ -237,8 +245,16 @@ class EventDecoder:
         return found
 
     def _learn_keys(self) -> None:
-        """Rebuild the Literal decoders when the key tables hold new values (up to a limit)."""
-        if self._rebuilds_left <= 0 or self._n_raw_keys == self._known_n_raw:
+        """Rebuild the Literal decoders when the key tables hold new values (up to a limit).
+
+        They are also rebuilt when the kind of timestamps changed: integer-only ``ts`` (the usual
+        epoch milliseconds or nanoseconds) skips a per-event type check; a buffer with another kind
+        fails that decoder and, decoded again here, turns the rebuilt one back to any kind.
+        """
+        if self._rebuilds_left <= 0:
+            return
+        ts_changed = self._known is not None and self._last_int_ts != self._known_int_ts
+        if self._n_raw_keys == self._known_n_raw and not ts_changed:
             return
         self._known_n_raw = self._n_raw_keys
         seen: tuple[set[str], set[str], set[str]] = (set(), set(), set())
@@ -250,7 +266,7 @@ class EventDecoder:
         for values in seen:
             values.discard(None)
         sizes = (len(seen[0]), len(seen[1]), len(seen[2]))
-        if sizes == self._known_sizes:  # nothing new: the buffer failed on bad records
+        if sizes == self._known_sizes and not ts_changed:  # nothing new: the buffer had bad records
             return
         self._rebuilds_left -= 1
         if max(sizes) > _LITERAL_MAX or self._rebuilds_left == 0:
@@ -258,7 +274,8 @@ class EventDecoder:
             return
         literal: Any = Literal
         types = [literal[tuple(sorted(values))] if values else str for values in seen]
-        self._known = _Decoders(_event_type(self._rename, *types))
+        self._known_int_ts = self._last_int_ts
+        self._known = _Decoders(_event_type(self._rename, *types, ts=int if self._known_int_ts else _ANY_TS))
         self._known_sizes = sizes
 
     def decode_records(self, records: Iterable[Any]) -> tuple[EventBatch, Rejections]:
@@ -271,10 +288,11 @@ class EventDecoder:
 
     # -- buffers -> records --------------------------------------------------------------------
 
-    def _ndjson(self, data: bytes, rej: Rejections) -> list[Any]:
+    def _ndjson(self, data: bytes | memoryview, rej: Rejections) -> list[Any]:
         try:
             items = self._lines.decode_lines(data)
         except msgspec.DecodeError:
+            data = bytes(data)  # the slow path needs bytes.find
             view = memoryview(data)
             items = []
             for start, end in _line_blocks(data, _BLOCK_BYTES):
@@ -304,7 +322,7 @@ class EventDecoder:
         return out
 
     def _document(
-        self, data: bytes, rej: Rejections, typed: Any, generic: Any, malformed: str
+        self, data: bytes | memoryview, rej: Rejections, typed: Any, generic: Any, malformed: str
     ) -> list[Any]:
         try:
             doc = typed.decode(data)
@@ -368,12 +386,21 @@ class EventDecoder:
 
     # -- records -> columns --------------------------------------------------------------------
 
-    def _columns(self, events: list[Any], rej: Rejections) -> EventBatch:
+    def _columns(self, events: list[Any], rej: Rejections, *, int_ts: bool = False) -> EventBatch:
+        """Records -> columns; ``int_ts`` says that every ``ts`` was decoded as an int."""
         n = len(events)
         if n == 0:
             return EventBatch.empty()
         key = self._keys_of(events)
-        ts_ns, missing_ts, bad_ts = self._timestamps(list(map(_GET_TS, events)))
+        ts_ns = None
+        if int_ts:
+            try:
+                ts_ns, bad_ts = self._scale_int(np.fromiter(map(_GET_TS, events), np.int64, n))
+                missing_ts = np.zeros(n, np.bool_)
+            except OverflowError:  # beyond int64 (msgspec decodes up to uint64): the general way
+                ts_ns = None
+        if ts_ns is None:
+            ts_ns, missing_ts, bad_ts = self._timestamps(list(map(_GET_TS, events)))
         try:
             status = np.fromiter(map(_GET_STATUS, events), np.int16, n)
         except TypeError:  # some are None
@@ -431,6 +458,7 @@ class EventDecoder:
         """ts values as decoded -> (ns, missing mask, bad mask)."""
         n = len(values)
         kinds = set(map(type, values))
+        self._last_int_ts = kinds == {int}
         if len(kinds) == 1:
             ns, bad = self._ts_of_kind(kinds.pop(), values)
             return ns, np.full(n, values[0] is None), bad
@@ -461,6 +489,10 @@ class EventDecoder:
             ts = np.array(values, np.int64)
         except OverflowError:  # beyond int64: out of range anyway
             ts = np.array([v if -_I64_MAX <= v <= _I64_MAX else -1 for v in values], np.int64)
+        return self._scale_int(ts)
+
+    def _scale_int(self, ts: Int64s) -> tuple[Int64s, Bools]:
+        """Integer timestamps in ``ts_unit`` (or auto) -> (ns, out-of-range mask)."""
         unit: Any = self._ts_unit
         if unit < 0:
             lo, hi = np.searchsorted(_AUTO_BOUNDS, (ts.min(), ts.max()), side="right")
@@ -484,12 +516,13 @@ class EventDecoder:
         return ns, bad
 
 
-def sniff_format(data: bytes) -> str:
+def sniff_format(data: bytes | memoryview) -> str:
     """Guess the format of a buffer from its first non-blank byte.
 
     ``[`` is a JSON array; ``{`` is NDJSON when its first line ends with ``}``, else one (pretty-printed)
     JSON object; a blank buffer is NDJSON (no events); anything else is msgpack.
     """
+    data = bytes(data) if isinstance(data, memoryview) else data
     start = re.match(rb"\s*", data).end()  # type: ignore[union-attr]
     if start == len(data):
         return "ndjson"

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, ClassVar, Literal
@@ -254,21 +254,42 @@ _offset = attrgetter("offset")
 _timestamp = attrgetter("timestamp")
 
 
-@dataclass(frozen=True, slots=True)
 class PartitionFetch:
     """Messages fetched from one partition, in offset order.
 
     ``values`` holds the non-empty message values; ``offsets`` and ``timestamps_ms`` (int64, producer
-    or log-append time in ms) are aligned with it. ``next_offset`` is the offset after the last message
-    consumed, counting rejected ones: what to commit once these messages are checkpointed.
+    or log-append time in ms) are aligned with it, built on first use (only dead letters and
+    diagnostics need them). ``next_offset`` is the offset after the last message consumed,
+    counting rejected ones: what to commit once these messages are checkpointed.
     """
 
-    topic: str
-    partition: int
-    values: list[bytes]
-    offsets: npt.NDArray[np.int64]
-    timestamps_ms: npt.NDArray[np.int64]
-    next_offset: int
+    __slots__ = ("_offsets", "_records", "_stamps", "next_offset", "partition", "topic", "values")
+
+    def __init__(self, topic: str, partition: int, values: list[bytes], records: Sequence[Any],
+                 next_offset: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.values = values
+        self.next_offset = next_offset
+        self._records = records  # aiokafka ConsumerRecords, aligned with values
+        self._offsets: npt.NDArray[np.int64] | None = None
+        self._stamps: npt.NDArray[np.int64] | None = None
+
+    @property
+    def offsets(self) -> npt.NDArray[np.int64]:
+        if self._offsets is None:
+            self._offsets = np.fromiter(map(_offset, self._records), np.int64, len(self._records))
+        return self._offsets
+
+    @property
+    def timestamps_ms(self) -> npt.NDArray[np.int64]:
+        if self._stamps is None:
+            self._stamps = np.fromiter(map(_timestamp, self._records), np.int64, len(self._records))
+        return self._stamps
+
+    def __repr__(self) -> str:
+        return (f"PartitionFetch({self.topic!r}, {self.partition}, {len(self.values)} messages, "
+                f"next_offset={self.next_offset})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,20 +572,17 @@ class KafkaSource:
         for tp, records in data.items():
             if not records:
                 continue
-            n = len(records)
             values = list(map(_value, records))
-            offsets = np.fromiter(map(_offset, records), np.int64, n)
-            stamps = np.fromiter(map(_timestamp, records), np.int64, n)
+            kept: Sequence[Any] = records
             n_null, n_empty = values.count(None), values.count(b"")
             if n_null or n_empty:
-                keep = [i for i, v in enumerate(values) if v]
-                values = [values[i] for i in keep]
-                offsets, stamps = offsets[keep], stamps[keep]
+                kept = [r for r, v in zip(records, values, strict=True) if v]
+                values = [v for v in values if v]
                 rejections.add("null_message", n_null)
                 rejections.add("empty_message", n_empty)
             next_offset = records[-1].offset + 1
             self._positions[tp] = next_offset
-            parts.append(PartitionFetch(tp.topic, tp.partition, values, offsets, stamps, next_offset))
+            parts.append(PartitionFetch(tp.topic, tp.partition, values, kept, next_offset))
         end = consumer.last_stable_offset if self.config.isolation_level == "read_committed" else None
         for tp in consumer.assignment():
             hw = end(tp) if end is not None else consumer.highwater(tp)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -107,6 +108,15 @@ class Child:
             await self.proc.wait()
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 async def wait_for_log(child: Child, text: str, count: int, timeout_s: float = 20) -> None:
     end = time.monotonic() + timeout_s
     while child.log_path.read_text().count(text) < count:
@@ -181,6 +191,14 @@ async def test_kill_9_at_random_points_loses_and_duplicates_nothing(
         await child.ensure_stopped()
     log_text = (tmp_path / "daemon.log").read_text()
     assert log_text.count("restored checkpoint") >= 1, log_text[-3000:]
+    # No decode worker outlives its daemon, killed or stopped.
+    workers = [int(p) for found in re.findall(r"decode workers started: \d+ \(pids \[([\d, ]+)\]", log_text)
+               for p in found.split(",")]
+    assert len(workers) >= N_KILLS + 1, log_text[-3000:]
+    deadline = time.monotonic() + 10
+    while alive := [p for p in workers if process_alive(p)]:
+        assert time.monotonic() < deadline, f"orphaned decode workers: {alive}"
+        await asyncio.sleep(0.1)
     ckpt = newest_checkpoint(state_dir)
     assert ckpt is not None and ckpt.header.watermark_ns is not None
     restored = Engine(cfg)

@@ -1,0 +1,670 @@
+"""Fetched Kafka messages into event batches: in the event loop, or in worker processes.
+
+:func:`decode_messages` is the whole decoding step of the daemon: oversized messages, per-message
+format sniffing, one ``decode`` call over every NDJSON message of a fetch, and the message-by-message
+pass that names the culprits for the dead-letter topic. It is pure (a decoder in, a
+:class:`Decoded` out), so the daemon runs the very same function in either place.
+
+:class:`DecodePool` runs it in ``workers`` processes (``spawn``), so that JSON parsing, the
+dearest step per event, uses other cores while the event loop goes on fetching from Kafka and
+evaluating. The daemon submits each fetch and ingests the results in submission order; nothing of
+a fetch is ingested before all of it is decoded, so engine state and recorded positions still move
+together. With ``workers=0`` decoding happens in the caller, as a finished future.
+
+Transport
+    A fetch is cut into tasks of about ``chunk_bytes`` (whole messages; a bigger message makes a
+    task of its own). Each task travels through a slot of shared memory (``multiprocessing.
+    shared_memory``): the message lengths (int64) and the values joined by ``\\n``, then the
+    columns the worker writes back (``COLUMN_BYTES`` per event). The pipes carry only slot names,
+    counts, rejections and new keys. Slots are reused; there are as many as tasks in flight, and
+    the daemon stops fetching while ``max_inflight_bytes`` of values wait (:attr:`DecodePool.busy`),
+    so ``/dev/shm`` holds about twice that (32 MiB by default). When shared memory is refused
+    (``/dev/shm`` full or missing), tasks go pickled through the pipe for a minute (only to an
+    idle worker, else decoded in the caller): slower, same result.
+
+Keys
+    Every worker interns keys in a table of its own and reports, with each result, the keys it
+    added since its previous one; the pool interns them in the caller's :class:`KeyTable` and maps
+    the worker's ids through a per-worker array. A worker handles its tasks in submission order and
+    results are applied in that order too, so the reports always arrive before their first use.
+
+Failures
+    Bad data never raises (it is counted, see :mod:`engine.events`). A worker that dies breaks the
+    pool: the pending futures raise :class:`DecodeWorkerError` and the daemon stops with it
+    (supervision) rather than evaluating without its input. Workers ignore SIGINT and SIGTERM (the
+    daemon shuts them down after its final tick) and leave when the daemon's process goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+import traceback
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.batch import EventBatch, EventKey, KeyTable, Rejections
+from engine.config import EventsConfig
+from engine.errors import EngineError
+from engine.events import EventDecoder, sniff_format
+
+log = logging.getLogger("sloburn.decode")
+
+COLUMN_BYTES: Final = 8 + 8 + 8 + 4 + 2
+"""Bytes per decoded event in a slot: ts_ns, latency_us, weight, key, status."""
+CHUNK_BYTES: Final = 1 << 20
+SLOT_BYTES: Final = 2 << 20
+MAX_INFLIGHT_BYTES: Final = 16 << 20
+
+
+class DecodeWorkerError(EngineError):
+    """A decoding worker process died or the pool could not be used."""
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One fetch, decoded.
+
+    ``dead`` lists ``(message index, reasons)`` of the messages to copy to the dead-letter topic
+    (indices into the values as submitted); ``oversized`` counts messages refused for their size
+    (also in ``rejections`` and in ``dead``).
+    """
+
+    rejections: Rejections = field(default_factory=Rejections)
+    batch: EventBatch = field(default_factory=EventBatch.empty)
+    dead: list[tuple[int, str]] = field(default_factory=list)
+    n_messages: int = 0
+    oversized: int = 0
+
+
+def decode_messages(decoder: EventDecoder, data: bytes | memoryview, lengths: npt.NDArray[np.int64], *,
+                    fmt: str, max_message_bytes: int, dead_letters: bool) -> Decoded:
+    """Decode messages given as their values joined by ``\\n`` and their lengths.
+
+    Parameters
+    ----------
+    decoder
+        Interns keys in its own :class:`KeyTable`.
+    data
+        ``b"\\n".join(values)``.
+    lengths
+        ``len(value)`` of each message, in order.
+    fmt
+        ``ndjson``, ``json``, ``msgpack``, ``auto`` (sniffed per message) or a registered format name.
+    max_message_bytes
+        Longer messages are refused as ``oversized_message`` and not decoded.
+    dead_letters
+        Whether rejected messages are to be named in ``dead`` (costs a per-message pass over a fetch
+        that had rejections).
+    """
+    n = int(lengths.shape[0])
+    out = Decoded(n_messages=n)
+    if n == 0:
+        return out
+    rej, dead = out.rejections, out.dead
+    if fmt == "ndjson" and not dead_letters and int(lengths.max()) <= max_message_bytes:
+        # The hot path: the joined values are one NDJSON buffer; no per-message Python.
+        out.batch, r = decoder.decode(data, "ndjson")
+        rej.update(r)
+        return out
+    view = memoryview(data)
+    ends = np.cumsum(lengths + 1) - 1
+    starts = ends - lengths
+    batches: list[EventBatch] = []
+    lines: list[int] = []
+    for i in range(n):
+        if lengths[i] > max_message_bytes:
+            rej.add("oversized_message")
+            out.oversized += 1
+            dead.append((i, "oversized_message"))
+            continue
+        value = bytes(view[starts[i]:ends[i]])
+        kind = sniff_format(value) if fmt == "auto" else fmt
+        if kind == "ndjson":
+            lines.append(i)
+        else:
+            _decode_one(decoder, value, kind, i, batches, rej, dead if dead_letters else None)
+    if lines:
+        values = [bytes(view[starts[i]:ends[i]]) for i in lines]
+        batch, r = decoder.decode(b"\n".join(values), "ndjson")
+        if r and dead_letters:
+            # Find the culprits: decode message by message (keys intern idempotently).
+            for i, value in zip(lines, values, strict=True):
+                _decode_one(decoder, value, "ndjson", i, batches, rej, dead)
+        else:
+            rej.update(r)
+            batches.append(batch)
+    out.batch = EventBatch.concat([b for b in batches if len(b)])
+    dead.sort()  # in message order, whatever the reason
+    return out
+
+
+def _decode_one(decoder: EventDecoder, value: bytes, fmt: str, index: int, batches: list[EventBatch],
+                rej: Rejections, dead: list[tuple[int, str]] | None) -> None:
+    batch, r = decoder.decode(value, fmt)
+    if len(batch):
+        batches.append(batch)
+    if r:
+        rej.update(r)
+        if dead is not None:
+            dead.append((index, ",".join(sorted(r))))
+
+
+# ------------------------------------------------------------------------------------------ worker
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    slot: str | None  # shared memory name, or None: ``payload`` carries the data
+    n: int
+    nbytes: int
+    out_offset: int
+    capacity: int
+    payload: tuple[bytes, bytes] | None = None  # (lengths as int64 bytes, data) without a slot
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    pid: int
+    first_key: int  # worker-local id of new_keys[0]
+    new_keys: list[EventKey]
+    n_events: int
+    columns: tuple[Any, ...] | None  # the arrays when they did not fit the slot
+    rejections: dict[str, int]
+    dead: list[tuple[int, str]]
+    n_messages: int
+    oversized: int
+
+
+class _Worker:
+    def __init__(self, config: EventsConfig, fmt: str, max_message_bytes: int, dead_letters: bool) -> None:
+        self.keys = KeyTable()
+        self.decoder = EventDecoder(config, self.keys)
+        self.fmt, self.max_message_bytes, self.dead_letters = fmt, max_message_bytes, dead_letters
+        self.reported = 0
+        self.attached: dict[str, shared_memory.SharedMemory] = {}
+
+    def attach(self, name: str) -> shared_memory.SharedMemory:
+        shm = self.attached.get(name)
+        if shm is None:
+            if len(self.attached) >= 64:  # slots replaced by the pool: let the old ones go
+                for old in list(self.attached.values())[:32]:
+                    with contextlib.suppress(BufferError, OSError):
+                        old.close()
+                self.attached = dict(list(self.attached.items())[32:])
+            shm = self.attached[name] = shared_memory.SharedMemory(name)
+        return shm
+
+    def run(self, task: _Task) -> _Reply:
+        if task.slot is None:
+            assert task.payload is not None
+            lengths = np.frombuffer(task.payload[0], np.int64)
+            decoded = self._decode(task.payload[1], lengths)
+            return self._reply(decoded, columns=_columns_of(decoded.batch))
+        buf = _buf(self.attach(task.slot))
+        lengths = np.frombuffer(buf, np.int64, task.n, 0)
+        data = buf[8 * task.n:8 * task.n + task.nbytes]
+        decoded = self._decode(data, lengths)
+        del data, lengths  # no view of the slot outlives the task
+        m = len(decoded.batch)
+        if task.out_offset + m * COLUMN_BYTES > task.capacity:
+            return self._reply(decoded, columns=_columns_of(decoded.batch))
+        for column, dst in zip(_columns_of(decoded.batch), _slot_views(buf, task.out_offset, m), strict=True):
+            dst[:] = column
+        return self._reply(decoded, columns=None)
+
+    def _decode(self, data: Any, lengths: npt.NDArray[np.int64]) -> Decoded:
+        return decode_messages(self.decoder, data, lengths, fmt=self.fmt,
+                               max_message_bytes=self.max_message_bytes, dead_letters=self.dead_letters)
+
+    def _reply(self, decoded: Decoded, columns: tuple[Any, ...] | None) -> _Reply:
+        first, new = self.reported, self.keys.keys[self.reported:]
+        self.reported = len(self.keys)
+        return _Reply(os.getpid(), first, new, len(decoded.batch), columns, dict(decoded.rejections),
+                      decoded.dead, decoded.n_messages, decoded.oversized)
+
+
+def _buf(shm: shared_memory.SharedMemory) -> memoryview:
+    buf = shm.buf
+    if buf is None:
+        raise DecodeWorkerError(f"shared memory {shm.name} is closed")
+    return buf
+
+
+def _columns_of(batch: EventBatch) -> tuple[Any, ...]:
+    return batch.ts_ns, batch.latency_us, batch.weight, batch.key, batch.status
+
+
+def _slot_views(buf: Any, offset: int, m: int) -> list[npt.NDArray[Any]]:
+    views = []
+    for dtype in (np.int64, np.float64, np.int64, np.int32, np.int16):
+        views.append(np.frombuffer(buf, dtype, m, offset))
+        offset += m * np.dtype(dtype).itemsize
+    return views
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: str
+
+
+def _worker_main(conn: Connection, config: EventsConfig, fmt: str, max_message_bytes: int,
+                 dead_letters: bool) -> None:
+    """A worker process: answer each task read from ``conn``; leave at end of file or on None."""
+    # The daemon owns the lifecycle: a terminal's Ctrl-C or a service manager's SIGTERM to the
+    # whole group must not kill a worker under a daemon that is shutting down cleanly. When the
+    # daemon's process goes away, its end of the pipe closes and recv() ends the loop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker = _Worker(config, fmt, max_message_bytes, dead_letters)
+    conn.send(os.getpid())
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        try:
+            reply: _Reply | _Failed = worker.run(task)
+        except Exception as e:  # a bug, not bad data: report it, the daemon stops with it
+            reply = _Failed(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+
+
+# ------------------------------------------------------------------------------------------ pool
+
+
+class _Slot:
+    """One shared-memory block, reused task after task; replaced by a bigger one when needed."""
+
+    def __init__(self, size: int) -> None:
+        self.shm = shared_memory.SharedMemory(create=True, size=size)
+
+    @property
+    def size(self) -> int:
+        return self.shm.size
+
+    def release(self) -> None:
+        with contextlib.suppress(BufferError, OSError, FileNotFoundError):
+            self.shm.close()
+        with contextlib.suppress(OSError, FileNotFoundError):
+            self.shm.unlink()
+
+
+def default_workers() -> int:
+    """Workers for ``decode_workers: auto``: one less than the usable CPUs, at most 4 (0 on one CPU)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(0, min(4, cpus - 1))
+
+
+class _Proc:
+    """One worker process, its pipe, and the futures of its tasks in order."""
+
+    def __init__(self, ctx: Any, args: tuple[Any, ...]) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, *args), name="sloburn-decode",
+                                   daemon=True)
+        self.process.start()
+        child.close()
+        self.pid: int = self.process.pid
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.failed: str | None = None
+
+
+class DecodePool:
+    """Decodes fetches for the daemon, in order, in ``workers`` processes (or inline with 0).
+
+    Parameters
+    ----------
+    config, keys
+        The events section and the engine's key table (ids in the returned batches are its ids).
+    fmt, max_message_bytes, dead_letters
+        As for :func:`decode_messages`.
+    workers
+        Worker processes; 0 decodes in the calling thread.
+    chunk_bytes, slot_bytes
+        Target bytes of one task and size of one shared-memory slot (see the module docstring).
+    """
+
+    def __init__(self, config: EventsConfig, keys: KeyTable, *, fmt: str, max_message_bytes: int,
+                 dead_letters: bool, workers: int, chunk_bytes: int = CHUNK_BYTES,
+                 slot_bytes: int = SLOT_BYTES, max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
+                 start_timeout_s: float = 60.0) -> None:
+        if workers < 0:
+            raise ValueError(f"expected workers >= 0, got {workers}")
+        self.keys = keys
+        self.workers = workers
+        self._args = (config, fmt, max_message_bytes, dead_letters)
+        # Decodes in the caller: with no workers, and for a task that must go by pipe while every
+        # worker is busy (a big send to a busy worker could block both sides).
+        self._local = EventDecoder(config, keys)
+        self._chunk_bytes = chunk_bytes
+        self._slot_bytes = slot_bytes
+        self._start_timeout_s = start_timeout_s
+        self._procs: list[_Proc] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._broken: str | None = None
+        self._free: list[_Slot] = []
+        self._slots: list[_Slot] = []
+        self._shm_refused_until = 0.0
+        self._max_inflight_bytes = max_inflight_bytes
+        self._inflight_bytes = 0
+        self._maps: dict[int, npt.NDArray[np.int32]] = {}
+        self._pending = 0
+        self.tasks_via_pipe = 0
+        """Tasks that went through the pipe instead of shared memory (too big, or no /dev/shm)."""
+        self.tasks_local = 0
+        """Tasks decoded in the caller although there are workers (pipe tasks while all were busy)."""
+
+    @property
+    def pending(self) -> int:
+        """Fetches submitted and not yet collected."""
+        return self._pending
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the workers."""
+        return [p.pid for p in self._procs]
+
+    async def start(self) -> None:
+        """Start the workers and wait until each has imported the decoder.
+
+        Raises
+        ------
+        DecodeWorkerError
+            When a worker does not come up within ``start_timeout_s`` (e.g. a program that starts
+            the daemon without the ``if __name__ == "__main__":`` guard that ``spawn`` needs).
+        """
+        if self.workers == 0 or self._procs:
+            return
+        loop = self._loop = asyncio.get_running_loop()
+        ctx = multiprocessing.get_context("spawn")
+        ready = []
+        try:
+            for _ in range(self.workers):
+                proc = _Proc(ctx, self._args)
+                self._procs.append(proc)
+                fut = loop.create_future()
+                proc.waiting.append(fut)
+                ready.append(fut)
+                loop.add_reader(proc.conn.fileno(), self._readable, proc)
+            done, _ = await asyncio.wait(ready, timeout=self._start_timeout_s)
+            failed = [f for f in ready if f not in done or f.exception() is not None]
+            if failed:
+                first = failed[0]
+                why = first.exception() if first in done else f"no answer in {self._start_timeout_s:g} s"
+                raise DecodeWorkerError(f"decode workers did not start: {why}")
+        except (OSError, DecodeWorkerError):
+            await self.stop()
+            raise
+        log.info("decode workers started: %d (pids %s)", self.workers, self.pids)
+
+    async def stop(self) -> None:
+        """Stop the workers (they finish their current task) and free the shared memory."""
+        procs, self._procs = self._procs, []
+        for proc in procs:
+            if self._loop is not None:
+                self._loop.remove_reader(proc.conn.fileno())
+            with contextlib.suppress(OSError, ValueError):
+                proc.conn.send(None)
+        for proc in procs:
+            await asyncio.to_thread(proc.process.join, 5.0)
+            if proc.process.is_alive():
+                proc.process.kill()
+                await asyncio.to_thread(proc.process.join, 5.0)
+            proc.conn.close()
+            self._fail_waiting(proc, "the decode pool was stopped")
+        for slot in self._slots:
+            slot.release()
+        self._slots.clear()
+        self._free.clear()
+
+    def _readable(self, proc: _Proc) -> None:
+        """Event-loop callback: hand every complete reply of ``proc`` to the future waiting for it."""
+        try:
+            while proc.conn.poll():
+                reply = proc.conn.recv()
+                fut = proc.waiting.popleft()
+                if fut.done():
+                    continue
+                if isinstance(reply, _Failed):
+                    fut.set_exception(DecodeWorkerError(f"decode worker {proc.pid} failed: {reply.error}"))
+                    continue
+                if isinstance(reply, _Reply):
+                    # Here, in the worker's own order: fetches are collected concurrently, so a
+                    # later reply of this worker may be applied before an earlier one.
+                    try:
+                        self._learn(reply)
+                    except DecodeWorkerError as e:
+                        self._broken = str(e)
+                        fut.set_exception(e)
+                        continue
+                fut.set_result(reply)
+        except (EOFError, OSError) as e:
+            if self._loop is not None:
+                self._loop.remove_reader(proc.conn.fileno())
+            proc.process.join(1.0)
+            why = f"decode worker {proc.pid} died (exit code {proc.process.exitcode}): {type(e).__name__}"
+            log.error("%s", why)
+            self._broken = proc.failed = why
+            self._fail_waiting(proc, why)
+
+    @staticmethod
+    def _fail_waiting(proc: _Proc, why: str) -> None:
+        while proc.waiting:
+            fut = proc.waiting.popleft()
+            if not fut.done():
+                fut.set_exception(DecodeWorkerError(why))
+
+    def submit(self, values: Sequence[bytes]) -> asyncio.Future[Decoded]:
+        """Start decoding ``values``; the future gives their :class:`Decoded` (message indices as given).
+
+        Collect results in submission order (the daemon awaits them one after the other).
+
+        Raises
+        ------
+        DecodeWorkerError
+            When a worker has died, or the pool was not started.
+        """
+        loop = asyncio.get_running_loop()
+        lengths = np.fromiter(map(len, values), np.int64, len(values))
+        if self.workers == 0:
+            fut: asyncio.Future[Decoded] = loop.create_future()
+            fut.set_result(self._decode_here(b"\n".join(values), lengths))
+            return fut
+        if self._broken is not None:
+            raise DecodeWorkerError(self._broken)
+        if not self._procs:
+            raise DecodeWorkerError("decode pool used before start() or after stop()")
+        ranges = _chunks(lengths, self._chunk_bytes)
+        parts = [self._submit_chunk(loop, values[lo:hi], lengths[lo:hi]) for lo, hi in ranges]
+        self._pending += 1
+        nbytes = int(lengths.sum())
+        self._inflight_bytes += nbytes
+        return asyncio.ensure_future(self._combine(parts, [lo for lo, _ in ranges], nbytes))
+
+    def _decode_here(self, data: bytes, lengths: npt.NDArray[np.int64]) -> Decoded:
+        _, fmt, max_message_bytes, dead_letters = self._args
+        return decode_messages(self._local, data, lengths, fmt=fmt, max_message_bytes=max_message_bytes,
+                               dead_letters=dead_letters)
+
+    def _submit_chunk(self, loop: asyncio.AbstractEventLoop, values: Sequence[bytes],
+                      lengths: npt.NDArray[np.int64]) -> asyncio.Future[Any]:
+        """Send one task to the least busy worker; the future gives (reply, slot, task) or a Decoded."""
+        n = len(values)
+        nbytes = int(lengths.sum()) + n - 1
+        out_offset = -(-(8 * n + nbytes) // 8) * 8
+        slot = self._take_slot(out_offset + (n + nbytes // 64) * COLUMN_BYTES)  # typical events
+        fut: asyncio.Future[Any] = loop.create_future()
+        if slot is None:
+            idle = [p for p in self._procs if not p.waiting]
+            if not idle:
+                self.tasks_local += 1
+                fut.set_result(self._decode_here(b"\n".join(values), lengths))
+                return fut
+            self.tasks_via_pipe += 1
+            proc = idle[0]
+            task = _Task(None, n, nbytes, 0, 0, (lengths.tobytes(), b"\n".join(values)))
+        else:
+            buf = _buf(slot.shm)
+            buf[:8 * n] = lengths.tobytes()
+            _write_joined(buf, 8 * n, values, nbytes)
+            task = _Task(slot.shm.name, n, nbytes, out_offset, slot.size)
+            proc = min(self._procs, key=lambda p: len(p.waiting))
+        inner: asyncio.Future[Any] = loop.create_future()
+        try:
+            proc.conn.send(task)
+        except OSError as e:
+            if slot is not None:
+                self._free.append(slot)
+            self._broken = f"decode worker {proc.pid} died (its pipe is closed: {e})"
+            raise DecodeWorkerError(self._broken) from e
+        proc.waiting.append(inner)
+
+        def finish(done: asyncio.Future[Any]) -> None:
+            if fut.done():
+                return
+            if done.exception() is not None:
+                if slot is not None:
+                    self._free.append(slot)
+                fut.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                fut.set_result((done.result(), slot, task))
+
+        inner.add_done_callback(finish)
+        return fut
+
+    def _take_slot(self, need: int) -> _Slot | None:
+        """A free slot of at least ``need`` bytes (reused, replaced or new); None: go by pipe."""
+        if self._free and self._free[-1].size >= need:
+            return self._free.pop()
+        if self._free:  # too small for this task: replace it
+            old = self._free.pop()
+            self._slots.remove(old)
+            old.release()
+        if self._shm_refused_until > time.monotonic():
+            return None
+        try:
+            slot = _Slot(max(self._slot_bytes, need))
+        except OSError as e:
+            # /dev/shm full or missing: this task goes by pipe; try again in a minute.
+            self._shm_refused_until = time.monotonic() + 60.0
+            log.warning("shared memory refused (%s): decode tasks go through pipes for a minute", e)
+            return None
+        self._slots.append(slot)
+        return slot
+
+    @property
+    def busy(self) -> bool:
+        """Whether as many message bytes as ``max_inflight_bytes`` wait for decoding: submit no more."""
+        return self._inflight_bytes >= self._max_inflight_bytes
+
+    async def _combine(self, parts: list[asyncio.Future[Any]], offsets: list[int], nbytes: int) -> Decoded:
+        try:
+            out = Decoded()
+            batches = []
+            first_error: BaseException | None = None
+            for part, offset in zip(parts, offsets, strict=True):
+                try:
+                    got = await part
+                except Exception as e:
+                    first_error = first_error or e
+                    continue
+                if isinstance(got, Decoded):  # decoded here
+                    part_out, batch = got, got.batch
+                else:
+                    reply, slot, task = got
+                    try:
+                        batch = self._apply(reply, slot, task)
+                    finally:
+                        if slot is not None:
+                            self._free.append(slot)
+                    part_out = Decoded(Rejections(reply.rejections), batch, reply.dead, reply.n_messages,
+                                       reply.oversized)
+                batches.append(batch)
+                out.rejections.update(part_out.rejections)
+                out.dead.extend((offset + i, why) for i, why in part_out.dead)
+                out.n_messages += part_out.n_messages
+                out.oversized += part_out.oversized
+            if first_error is not None:
+                raise first_error
+            out.batch = EventBatch.concat([b for b in batches if len(b)])
+            return out
+        finally:
+            self._pending -= 1
+            self._inflight_bytes -= nbytes
+
+    def _learn(self, reply: _Reply) -> None:
+        """Intern the keys a worker reports as new, and extend its id map."""
+        mapping = self._maps.get(reply.pid, np.empty(0, np.int32))
+        if reply.first_key != len(mapping):
+            raise DecodeWorkerError(f"decode worker {reply.pid} reported keys from id {reply.first_key}, "
+                                    f"expected {len(mapping)}")
+        if reply.new_keys:
+            added = np.fromiter((self.keys.intern(k) for k in reply.new_keys), np.int32, len(reply.new_keys))
+            self._maps[reply.pid] = np.concatenate([mapping, added])
+
+    def _apply(self, reply: _Reply, slot: _Slot | None, task: _Task) -> EventBatch:
+        """Copy the columns out of the slot and map the worker's key ids to the caller's."""
+        mapping = self._maps.get(reply.pid, np.empty(0, np.int32))
+        m = reply.n_events
+        if m == 0:
+            return EventBatch.empty()
+        if reply.columns is not None:
+            ts, lat, weight, key, status = reply.columns
+        else:
+            assert slot is not None
+            ts, lat, weight, key, status = (v.copy() for v in _slot_views(_buf(slot.shm), task.out_offset, m))
+        return EventBatch(ts, mapping[key], status, lat, weight)
+
+
+def _write_joined(buf: memoryview, start: int, values: Sequence[bytes], nbytes: int) -> None:
+    """Write the values joined by newlines at ``buf[start:]``; big ones without a joined copy."""
+    if nbytes < 64 * len(values):  # many small values: one C-level join is cheaper than a loop
+        buf[start:start + nbytes] = b"\n".join(values)
+        return
+    pos = start
+    for value in values:
+        if pos > start:
+            buf[pos - 1] = 10  # the "\n" before each value but the first
+        end = pos + len(value)
+        buf[pos:end] = value
+        pos = end + 1
+
+
+def _chunks(lengths: npt.NDArray[np.int64], chunk_bytes: int) -> list[tuple[int, int]]:
+    """Consecutive message ranges of about ``chunk_bytes`` each (at least one message per range)."""
+    n = int(lengths.shape[0])
+    if n == 0:
+        return []
+    ends = np.cumsum(lengths + 1)
+    if int(ends[-1]) <= chunk_bytes:
+        return [(0, n)]
+    out = []
+    lo = 0
+    while lo < n:
+        base = int(ends[lo - 1]) if lo else 0
+        hi = int(np.searchsorted(ends, base + chunk_bytes, side="right"))
+        hi = max(hi, lo + 1)
+        out.append((lo, hi))
+        lo = hi
+    return out
