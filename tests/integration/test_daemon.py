@@ -239,16 +239,18 @@ async def test_incident_reaches_the_receiver_once_with_the_backtest_numbers(
         assert box.counts_by_status()["delivered"] == 4 and box.depth() == 0
 
 
+@pytest.mark.parametrize("decode_workers", ["auto", 0, 2])
 async def test_daemon_over_kafka_and_backtest_give_the_same_timeline(
         kafka_broker: str, kafka_topic_factory: Callable[..., str], pd_receiver: PagerDutyReceiver,
-        tmp_path: Path) -> None:
-    """One event per message this time, two SLOs, latency too: the same AlertEvents, field for field."""
+        tmp_path: Path, decode_workers: int | str) -> None:
+    """One event per message this time, two SLOs, latency too: the same AlertEvents, field for field,
+    whether messages are decoded in the daemon's thread or in one or two worker processes."""
     print(f"seed={SEED + 1}")
     topic = kafka_topic_factory(1)
     lines = make_traffic(SEED + 1, rate=10, latency_route=True)
     n_msgs = await produce_lines(kafka_broker, topic, lines, per_message=1)
     cfg = daemon_config(kafka_broker, topic, tmp_path / "state", pd_receiver.url + "/v2/enqueue",
-                        latency=True)
+                        latency=True, decode_workers=decode_workers)
     expected = backtest_alerts(cfg, lines, tmp_path)
     assert {a.slo for a in expected} == {"checkout-availability", "cart-latency"}
     async with Running(cfg) as run:

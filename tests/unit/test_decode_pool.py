@@ -306,3 +306,20 @@ def test_workers_leave_when_the_daemon_process_is_killed(tmp_path: Path) -> None
         while any(_alive(p) for p in pids):
             assert time.monotonic() < deadline, f"orphaned decode workers {pids}"
             time.sleep(0.05)
+
+
+def test_cpu_quota_of_cgroup_v2_and_v1(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert decode_pool._cgroup_quota(v2) is None
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert decode_pool._cgroup_quota(v2) == 1.5
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert decode_pool._cgroup_quota(v1) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    assert decode_pool._cgroup_quota(v1) == 0.5
+    assert decode_pool._cgroup_quota(tmp_path / "none") is None
