@@ -4,8 +4,10 @@ Two figures, against a local Tansu broker and the local PagerDuty receiver:
 
 - throughput: events/s the daemon (Kafka -> decode -> engine -> ticks, checkpoints) consumes from a
   filled topic, with 1 and with 100 events per message, as a ratio to a bare aiokafka ``getmany``
-  loop reading the same topic (:func:`bench.kafka_throughput.consume_bare`). The daemon's source is
+  loop reading the same topic (:func:`bench.kafka_throughput.consume_bare`), and to that loop
+  parsing what it reads with the daemon's decoder (the naive consumer). The daemon's source is
   paused until the group has assigned the partition, so the join (and any prefetch) is excluded.
+  The readers take turns, ``--repeat`` times each, and the best rate of each is shown.
 - alert delay: live traffic stamped with the wall clock (``allowed_lateness_s: 0``); one service at a
   time turns to 100 % errors. The deciding event is the first one stamped at or after the instant at
   which the alert fires (the engine evaluates that instant once an event that late has arrived);
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +37,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.kafka_throughput import SERVICES, T0_MS, consume_bare, fill_topic
+from engine.batch import KeyTable
 from engine.cli_daemon import build_senders, kafka_source_config
-from engine.config import Config, parse_config
+from engine.config import Config, EventsConfig, parse_config
 from engine.daemon import Daemon
+from engine.events import EventDecoder
 from engine.io.broker import EmbeddedBroker, create_topics
-from engine.io.kafka import KafkaSource
+from engine.io.kafka import KafkaSource, join_ndjson
 from engine.io.pd_receiver import PagerDutyReceiver
 
 ROUTING_KEY = "BenchRoutingKey00000000000000000"
@@ -124,7 +129,7 @@ def bench_lines(n: int, seed: int) -> list[bytes]:
 
 
 async def throughput(args: argparse.Namespace, bootstrap: str, pd_url: str, work: Path,
-                     console: Console) -> list[tuple[int, float, float]]:
+                     console: Console) -> list[tuple[int, float, float, float]]:
     # Warm-up: the engine's kernels compile (or load from the numba cache) on first use.
     warm = f"e2e-warm-{uuid.uuid4().hex[:8]}"
     await fill_topic(bootstrap, warm, bench_lines(20_000, args.seed), args.partitions, 1 << 20)
@@ -141,16 +146,26 @@ async def throughput(args: argparse.Namespace, bootstrap: str, pd_url: str, work
         console.print(f"[dim]{topic}: {n_messages:,} messages x {per_message} events, produced in "
                       f"{produce_s:.1f} s[/dim]")
         del values
-        bare, mine = [], []
-        for _ in range(args.repeat):
-            got, seconds = await consume_bare(bootstrap, topic, n_messages, max_records=10_000,
-                                              max_partition_fetch_bytes=1 << 20, n_partitions=args.partitions,
-                                              check_crcs=True)
-            bare.append(got * per_message / seconds)
+        bare: list[float] = []
+        parsing: list[float] = []
+        mine: list[float] = []
+        for _ in range(args.repeat):  # interleaved, so that a noisy moment hits every reader alike
+            for decode, rates in ((None, bare), (parser(), parsing)):
+                got, seconds = await consume_bare(bootstrap, topic, n_messages, max_records=10_000,
+                                                  max_partition_fetch_bytes=1 << 20,
+                                                  n_partitions=args.partitions, check_crcs=True,
+                                                  decode=decode)
+                rates.append(got * per_message / seconds)
             mine.append(await daemon_rate(bootstrap, topic, n_messages, per_message, pd_url, work,
                                           args.decode_workers))
-        rows.append((per_message, max(bare), max(mine)))
+        rows.append((per_message, max(bare), max(parsing), max(mine)))
     return rows
+
+
+def parser() -> Callable[[list[bytes]], object]:
+    """The naive consumer's parsing: the daemon's own decoder, called in the consume loop."""
+    decoder = EventDecoder(EventsConfig(), KeyTable())
+    return lambda values: decoder.decode(join_ndjson(values), "ndjson")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,11 +267,14 @@ def main(argv: list[str] | None = None) -> int:
                     pd_url = receiver.url + "/v2/enqueue"
                     rows = await throughput(args, broker.bootstrap, pd_url, work, console)
                     t = Table(title=f"End-to-end throughput from Kafka (Tansu, {args.partitions} "
-                                    f"partition(s), best of {args.repeat})")
-                    for col in ("events/msg", "bare getmany events/s", "daemon events/s", "ratio"):
+                                    f"partition(s), best of {args.repeat}, decode_workers "
+                                    f"{args.decode_workers})")
+                    for col in ("events/msg", "bare getmany events/s", "getmany + parse events/s",
+                                "daemon events/s", "ratio to bare", "ratio to getmany + parse"):
                         t.add_column(col, justify="right")
-                    for per_message, bare, mine in rows:
-                        t.add_row(str(per_message), f"{bare:,.0f}", f"{mine:,.0f}", f"{mine / bare:.2f}")
+                    for per_message, bare, parsing, mine in rows:
+                        t.add_row(str(per_message), f"{bare:,.0f}", f"{parsing:,.0f}", f"{mine:,.0f}",
+                                  f"{mine / bare:.2f}", f"{mine / parsing:.2f}")
                     console.print(t)
                 if not args.skip_delay:
                     delays = np.array(await alert_delays(args, broker.bootstrap, receiver, work))

@@ -23,6 +23,7 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -90,9 +91,13 @@ class Rate:
 
 async def consume_bare(
     bootstrap: str, topic: str, expected: int, *, max_records: int, max_partition_fetch_bytes: int,
-    n_partitions: int, check_crcs: bool,
+    n_partitions: int, check_crcs: bool, decode: Callable[[list[bytes]], object] | None = None,
 ) -> tuple[int, float]:
-    """Read ``expected`` messages from the beginning with a bare aiokafka loop: (messages, seconds)."""
+    """Read ``expected`` messages from the beginning with a bare aiokafka loop: (messages, seconds).
+
+    With ``decode``, each partition's values of each ``getmany`` are handed to it in the loop (the
+    naive consumer that parses what it reads).
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
         max_partition_fetch_bytes=max_partition_fetch_bytes, fetch_max_bytes=64 * 2**20,
@@ -111,6 +116,8 @@ async def consume_bare(
             batch = await consumer.getmany(timeout_ms=1000, max_records=max_records)
             for recs in batch.values():
                 n += len(recs)
+                if decode is not None:
+                    decode([r.value for r in recs])
         return n, time.perf_counter() - t0
     finally:
         await consumer.stop()
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         where = args.bootstrap
     else:
         with EmbeddedBroker() as broker:
-            console.print(f"[dim]tansu started in {broker.start_duration_s * 1000:.0f} ms "
+            console.print(f"[dim]tansu started in {(broker.start_duration_s or 0) * 1000:.0f} ms "
                           f"on {broker.bootstrap}[/dim]")
             rates = asyncio.run(run(args, broker.bootstrap, console))
         where = "local Tansu (memory)"

@@ -662,7 +662,7 @@ class DecodePool:
 
 def _write_joined(buf: memoryview, start: int, values: Sequence[bytes], nbytes: int) -> None:
     """Write the values joined by newlines at ``buf[start:]``; big ones without a joined copy."""
-    if nbytes < 64 * len(values):  # many small values: one C-level join is cheaper than a loop
+    if nbytes < 1024 * len(values):  # small values: one C-level join and a copy beat a Python loop
         buf[start:start + nbytes] = b"\n".join(values)
         return
     pos = start
