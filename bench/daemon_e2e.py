@@ -4,10 +4,13 @@ Two figures, against a local Tansu broker and the local PagerDuty receiver:
 
 - throughput: events/s the daemon (Kafka -> decode -> engine -> ticks, checkpoints) consumes from a
   filled topic, with 1 and with 100 events per message, as a ratio to a bare aiokafka ``getmany``
-  loop reading the same topic (:func:`bench.kafka_throughput.consume_bare`), and to that loop
-  parsing what it reads with the daemon's decoder (the naive consumer). The daemon's source is
-  paused until the group has assigned the partition, so the join (and any prefetch) is excluded.
-  The readers take turns, ``--repeat`` times each, and the best rate of each is shown.
+  loop reading the same topic (:func:`bench.kafka_throughput.consume_bare`) under the daemon's
+  garbage-collector settings (:func:`engine.daemon.tuned_gc`; they double the bare loop's rate at one
+  event per message, so comparing with a loop under CPython's defaults would flatter the daemon; that
+  ratio is shown too), and to that loop parsing what it reads with the daemon's decoder (the naive
+  consumer). The daemon's source is paused until the group has assigned the partition, so the join
+  (and any prefetch) is excluded. The readers take turns, ``--repeat`` times each; the best rate of
+  each is shown, with the CPU each process spent meanwhile.
 - alert delay: live traffic stamped with the wall clock (``allowed_lateness_s: 0``); one service at a
   time turns to 100 % errors. The deciding event is the first one stamped at or after the instant at
   which the alert fires (the engine evaluates that instant once an event that late has arrived);
@@ -20,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import random
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +46,7 @@ from bench.kafka_throughput import SERVICES, T0_MS, consume_bare, fill_topic
 from engine.batch import KeyTable
 from engine.cli_daemon import build_senders, kafka_source_config
 from engine.config import Config, EventsConfig, parse_config
-from engine.daemon import Daemon
+from engine.daemon import Daemon, tuned_gc
 from engine.events import EventDecoder
 from engine.io.broker import EmbeddedBroker, create_topics
 from engine.io.kafka import KafkaSource, join_ndjson
@@ -85,8 +91,28 @@ async def start_daemon(cfg: Config, session: aiohttp.ClientSession, *,
 # throughput
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One read of a topic: events/s and the CPU seconds each process spent meanwhile."""
+
+    rate: float
+    wall_s: float
+    broker_cpu_s: float
+    reader_cpu_s: float
+    workers_cpu_s: float = 0.0
+
+
 async def daemon_rate(bootstrap: str, topic: str, n_messages: int, per_message: int, pd_url: str,
-                      work: Path, decode_workers: int | str = "auto") -> float:
+                      work: Path, decode_workers: int | str = "auto", broker_pid: int | None = None) -> Run:
     """Events/s of the daemon over ``topic``, from the end of its group join to the last message."""
     slos = [{"name": f"{s}-availability", "service": s, "objective": 99.9, "sli": {"availability": {}}}
             for s in SERVICES]
@@ -103,6 +129,8 @@ async def daemon_rate(bootstrap: str, topic: str, n_messages: int, per_message: 
                 if task.done() or time.monotonic() > deadline:
                     raise RuntimeError(f"no assignment: {source.state}")
                 await asyncio.sleep(0.01)
+            workers = daemon.decode_pool.pids if daemon.decode_pool is not None else []
+            cpu0 = [cpu_seconds(p) for p in (broker_pid, os.getpid(), *workers)]
             t0 = time.perf_counter()
             source.resume()
             while daemon.messages_consumed < n_messages:
@@ -110,10 +138,28 @@ async def daemon_rate(bootstrap: str, topic: str, n_messages: int, per_message: 
                     raise RuntimeError(f"the daemon stopped at {daemon.messages_consumed} messages")
                 await asyncio.sleep(0.002)
             seconds = time.perf_counter() - t0
+            cpu = [cpu_seconds(p) - c for p, c in zip((broker_pid, os.getpid(), *workers), cpu0, strict=True)]
         finally:
             daemon.request_stop()
             await task
-    return n_messages * per_message / seconds
+    return Run(n_messages * per_message / seconds, seconds, cpu[0], cpu[1], sum(cpu[2:]))
+
+
+async def bare_rate(bootstrap: str, topic: str, n_messages: int, per_message: int, partitions: int,
+                    decode: Callable[[list[bytes]], object] | None, broker_pid: int | None, *,
+                    daemon_gc: bool) -> Run:
+    """Events/s of the bare ``getmany`` loop, parsing in the loop with ``decode`` if given.
+
+    With ``daemon_gc`` the loop runs under the daemon's collector settings
+    (:func:`engine.daemon.tuned_gc`), else under CPython's defaults.
+    """
+    cpu0 = cpu_seconds(broker_pid), cpu_seconds(os.getpid())
+    with tuned_gc() if daemon_gc else contextlib.nullcontext():
+        got, seconds = await consume_bare(bootstrap, topic, n_messages, max_records=10_000,
+                                          max_partition_fetch_bytes=1 << 20, n_partitions=partitions,
+                                          check_crcs=True, decode=decode)
+    return Run(got * per_message / seconds, seconds, cpu_seconds(broker_pid) - cpu0[0],
+               cpu_seconds(os.getpid()) - cpu0[1])
 
 
 def bench_lines(n: int, seed: int) -> list[bytes]:
@@ -128,12 +174,12 @@ def bench_lines(n: int, seed: int) -> list[bytes]:
     return out
 
 
-async def throughput(args: argparse.Namespace, bootstrap: str, pd_url: str, work: Path,
-                     console: Console) -> list[tuple[int, float, float, float]]:
+async def throughput(args: argparse.Namespace, bootstrap: str, broker_pid: int | None, pd_url: str,
+                     work: Path, console: Console) -> list[tuple[int, dict[str, Run]]]:
     # Warm-up: the engine's kernels compile (or load from the numba cache) on first use.
     warm = f"e2e-warm-{uuid.uuid4().hex[:8]}"
     await fill_topic(bootstrap, warm, bench_lines(20_000, args.seed), args.partitions, 1 << 20)
-    await daemon_rate(bootstrap, warm, 20_000, 1, pd_url, work, args.decode_workers)
+    await daemon_rate(bootstrap, warm, 20_000, 1, pd_url, work, args.decode_workers, broker_pid)
     rows = []
     for per_message, n_messages in ((1, args.messages), (100, args.batched_messages)):
         topic = f"e2e-{per_message}x-{uuid.uuid4().hex[:8]}"
@@ -146,20 +192,22 @@ async def throughput(args: argparse.Namespace, bootstrap: str, pd_url: str, work
         console.print(f"[dim]{topic}: {n_messages:,} messages x {per_message} events, produced in "
                       f"{produce_s:.1f} s[/dim]")
         del values
-        bare: list[float] = []
-        parsing: list[float] = []
-        mine: list[float] = []
+        runs: dict[str, list[Run]] = {name: [] for name in READERS}
         for _ in range(args.repeat):  # interleaved, so that a noisy moment hits every reader alike
-            for decode, rates in ((None, bare), (parser(), parsing)):
-                got, seconds = await consume_bare(bootstrap, topic, n_messages, max_records=10_000,
-                                                  max_partition_fetch_bytes=1 << 20,
-                                                  n_partitions=args.partitions, check_crcs=True,
-                                                  decode=decode)
-                rates.append(got * per_message / seconds)
-            mine.append(await daemon_rate(bootstrap, topic, n_messages, per_message, pd_url, work,
-                                          args.decode_workers))
-        rows.append((per_message, max(bare), max(parsing), max(mine)))
+            for name, decode, daemon_gc in (("bare, default GC", None, False), ("bare", None, True),
+                                            ("getmany + parse", parser(), True)):
+                runs[name].append(await bare_rate(bootstrap, topic, n_messages, per_message, args.partitions,
+                                                  decode, broker_pid, daemon_gc=daemon_gc))
+            runs["daemon"].append(await daemon_rate(bootstrap, topic, n_messages, per_message, pd_url, work,
+                                                    args.decode_workers, broker_pid))
+        rows.append((per_message, {name: max(rs, key=lambda r: r.rate) for name, rs in runs.items()}))
     return rows
+
+
+READERS = ("bare, default GC", "bare", "getmany + parse", "daemon")
+"""The readers: a bare getmany loop under CPython's collector defaults, the same under the daemon's
+collector settings (the baseline of the ratio), that loop parsing with the daemon's decoder, and the
+daemon."""
 
 
 def parser() -> Callable[[list[bytes]], object]:
@@ -265,16 +313,31 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if not args.skip_throughput:
                     pd_url = receiver.url + "/v2/enqueue"
-                    rows = await throughput(args, broker.bootstrap, pd_url, work, console)
+                    rows = await throughput(args, broker.bootstrap, broker.pid, pd_url, work, console)
                     t = Table(title=f"End-to-end throughput from Kafka (Tansu, {args.partitions} "
                                     f"partition(s), best of {args.repeat}, decode_workers "
-                                    f"{args.decode_workers})")
-                    for col in ("events/msg", "bare getmany events/s", "getmany + parse events/s",
-                                "daemon events/s", "ratio to bare", "ratio to getmany + parse"):
+                                    f"{args.decode_workers}), events/s")
+                    for col in ("events/msg", "bare getmany, default GC", "bare getmany, daemon's GC",
+                                "getmany + parse", "daemon", "ratio to bare (same GC)",
+                                "ratio to bare, default GC", "ratio to getmany + parse"):
                         t.add_column(col, justify="right")
-                    for per_message, bare, parsing, mine in rows:
-                        t.add_row(str(per_message), f"{bare:,.0f}", f"{parsing:,.0f}", f"{mine:,.0f}",
-                                  f"{mine / bare:.2f}", f"{mine / parsing:.2f}")
+                    for per_message, best in rows:
+                        rate = {name: run.rate for name, run in best.items()}
+                        t.add_row(str(per_message), *(f"{rate[name]:,.0f}" for name in READERS),
+                                  f"{rate['daemon'] / rate['bare']:.2f}",
+                                  f"{rate['daemon'] / rate['bare, default GC']:.2f}",
+                                  f"{rate['daemon'] / rate['getmany + parse']:.2f}")
+                    console.print(t)
+                    t = Table(title="CPU seconds per million events during the runs above (/proc)")
+                    for col in ("events/msg", "reader", "wall s", "broker", "reader process",
+                                "decode workers", "all"):
+                        t.add_column(col, justify="left" if col == "reader" else "right")
+                    for per_message, best in rows:
+                        for name, run in best.items():
+                            m = run.rate * run.wall_s / 1e6  # millions of events read
+                            cells = (run.wall_s, run.broker_cpu_s, run.reader_cpu_s, run.workers_cpu_s,
+                                     run.broker_cpu_s + run.reader_cpu_s + run.workers_cpu_s)
+                            t.add_row(str(per_message), name, *(f"{v / m:.3f}" for v in cells))
                     console.print(t)
                 if not args.skip_delay:
                     delays = np.array(await alert_delays(args, broker.bootstrap, receiver, work))

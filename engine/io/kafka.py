@@ -557,6 +557,10 @@ class KafkaSource:
                 raise _wrap(e, "kafka fetch") from e
             await asyncio.sleep(min(self._failed(e), timeout_ms / 1000))
             return FetchResult()
+        if data:
+            # Taking these records woke aiokafka's fetcher: let it send the next fetch request now,
+            # so that the broker prepares it while the caller decodes and evaluates these.
+            await asyncio.sleep(0)
         result = await self._collect(consumer, data)
         if result.partitions or result.rejections:
             self._succeeded()

@@ -323,3 +323,17 @@ def test_cpu_quota_of_cgroup_v2_and_v1(tmp_path: Path) -> None:
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
     assert decode_pool._cgroup_quota(v1) == 0.5
     assert decode_pool._cgroup_quota(tmp_path / "none") is None
+
+
+def test_tuned_gc_freezes_then_restores_the_collector() -> None:
+    import gc
+
+    from engine.daemon import GC_THRESHOLDS, tuned_gc
+
+    before = gc.get_threshold()
+    with tuned_gc():
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+        assert len(gc.get_objects(0)) < 1000  # what lived at entry is out of the young generation
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
