@@ -61,7 +61,8 @@ from engine.engine import Engine
 from engine.errors import CheckpointError, ConfigError, EngineError
 from engine.evaluator import BudgetPolicy
 from engine.io.checkpoint import AlertState, CheckpointStore
-from engine.io.decode_pool import Decoded, DecodePool, default_workers
+from engine.io.decode_pool import DecodePool, default_workers
+from engine.io.decoding import Decoded
 from engine.io.delivery import DeliveryLoop, DeliveryResult, Sender
 from engine.io.http import HttpServer
 from engine.io.kafka import FetchResult, Partition, SourceError, SourceState

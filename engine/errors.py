@@ -7,6 +7,7 @@ One tree, rooted at :class:`EngineError`::
     +-- DecodeError            an input record or message cannot be decoded
     +-- CheckpointError        a checkpoint cannot be written, read or trusted
     +-- StateError             the engine was driven against its contract (e.g. time ran backwards)
+    +-- DecodeWorkerError      a process decoding messages for the daemon died or cannot start
     +-- DeliveryError          an alert could not be delivered; ``retriable`` says whether to try again
         +-- RetriableDeliveryError    429, 5xx, timeouts, connection errors
         +-- PermanentDeliveryError    400 and other answers that will never succeed
@@ -55,6 +56,10 @@ class CheckpointError(EngineError):
 
 class StateError(EngineError):
     """The engine was driven against its contract."""
+
+
+class DecodeWorkerError(EngineError):
+    """A decoding worker process of the daemon died or could not be started."""
 
 
 class DeliveryError(EngineError):

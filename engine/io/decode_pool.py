@@ -1,15 +1,11 @@
-"""Fetched Kafka messages into event batches: in the event loop, or in worker processes.
+"""The daemon's decoding in worker processes, pipelined with fetching.
 
-:func:`decode_messages` is the whole decoding step of the daemon: oversized messages, per-message
-format sniffing, one ``decode`` call over every NDJSON message of a fetch, and the message-by-message
-pass that names the culprits for the dead-letter topic. It is pure (a decoder in, a
-:class:`Decoded` out), so the daemon runs the very same function in either place.
-
-:class:`DecodePool` runs it in ``workers`` processes (``spawn``), so that JSON parsing, the
-dearest step per event, uses other cores while the event loop goes on fetching from Kafka and
-evaluating. The daemon submits each fetch and ingests the results in submission order; nothing of
-a fetch is ingested before all of it is decoded, so engine state and recorded positions still move
-together. With ``workers=0`` decoding happens in the caller, as a finished future.
+:class:`DecodePool` runs :func:`engine.io.decoding.decode_messages` in ``workers`` processes
+(``spawn``), so that JSON parsing, the dearest step per event, uses other cores while the event loop
+goes on fetching from Kafka and evaluating. The daemon submits each fetch and ingests the results in
+submission order; nothing of a fetch is ingested before all of it is decoded, so engine state and
+recorded positions still move together. With ``workers=0`` decoding happens in the caller, as a
+finished future.
 
 Transport
     A fetch is cut into tasks of about ``chunk_bytes`` (whole messages; a bigger message makes a
@@ -25,8 +21,8 @@ Transport
 Keys
     Every worker interns keys in a table of its own and reports, with each result, the keys it
     added since its previous one; the pool interns them in the caller's :class:`KeyTable` and maps
-    the worker's ids through a per-worker array. A worker handles its tasks in submission order and
-    results are applied in that order too, so the reports always arrive before their first use.
+    the worker's ids through a per-worker array. Reports are applied as replies arrive, in each
+    worker's own order, so a worker's new keys are known before any batch that uses them.
 
 Failures
     Bad data never raises (it is counted, see :mod:`engine.events`). A worker that dies breaks the
@@ -43,254 +39,37 @@ import logging
 import math
 import multiprocessing
 import os
-import signal
 import time
-import traceback
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from multiprocessing import shared_memory
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from engine.batch import EventBatch, EventKey, KeyTable, Rejections
+from engine.batch import EventBatch, KeyTable, Rejections
 from engine.config import EventsConfig
-from engine.errors import EngineError
-from engine.events import EventDecoder, sniff_format
+from engine.errors import DecodeWorkerError
+from engine.events import EventDecoder
+from engine.io.decoding import (
+    COLUMN_BYTES,
+    Decoded,
+    Failed,
+    Reply,
+    Task,
+    column_views,
+    decode_messages,
+    shm_buffer,
+    worker_main,
+)
 
 log = logging.getLogger("sloburn.decode")
 
-COLUMN_BYTES: Final = 8 + 8 + 8 + 4 + 2
-"""Bytes per decoded event in a slot: ts_ns, latency_us, weight, key, status."""
 CHUNK_BYTES: Final = 1 << 20
 SLOT_BYTES: Final = 2 << 20
 MAX_INFLIGHT_BYTES: Final = 16 << 20
-
-
-class DecodeWorkerError(EngineError):
-    """A decoding worker process died or the pool could not be used."""
-
-
-@dataclass(slots=True)
-class Decoded:
-    """One fetch, decoded.
-
-    ``dead`` lists ``(message index, reasons)`` of the messages to copy to the dead-letter topic
-    (indices into the values as submitted); ``oversized`` counts messages refused for their size
-    (also in ``rejections`` and in ``dead``).
-    """
-
-    rejections: Rejections = field(default_factory=Rejections)
-    batch: EventBatch = field(default_factory=EventBatch.empty)
-    dead: list[tuple[int, str]] = field(default_factory=list)
-    n_messages: int = 0
-    oversized: int = 0
-
-
-def decode_messages(decoder: EventDecoder, data: bytes | memoryview, lengths: npt.NDArray[np.int64], *,
-                    fmt: str, max_message_bytes: int, dead_letters: bool) -> Decoded:
-    """Decode messages given as their values joined by ``\\n`` and their lengths.
-
-    Parameters
-    ----------
-    decoder
-        Interns keys in its own :class:`KeyTable`.
-    data
-        ``b"\\n".join(values)``.
-    lengths
-        ``len(value)`` of each message, in order.
-    fmt
-        ``ndjson``, ``json``, ``msgpack``, ``auto`` (sniffed per message) or a registered format name.
-    max_message_bytes
-        Longer messages are refused as ``oversized_message`` and not decoded.
-    dead_letters
-        Whether rejected messages are to be named in ``dead`` (costs a per-message pass over a fetch
-        that had rejections).
-    """
-    n = int(lengths.shape[0])
-    out = Decoded(n_messages=n)
-    if n == 0:
-        return out
-    rej, dead = out.rejections, out.dead
-    if fmt == "ndjson" and not dead_letters and int(lengths.max()) <= max_message_bytes:
-        # The hot path: the joined values are one NDJSON buffer; no per-message Python.
-        out.batch, r = decoder.decode(data, "ndjson")
-        rej.update(r)
-        return out
-    view = memoryview(data)
-    ends = np.cumsum(lengths + 1) - 1
-    starts = ends - lengths
-    batches: list[EventBatch] = []
-    lines: list[int] = []
-    for i in range(n):
-        if lengths[i] > max_message_bytes:
-            rej.add("oversized_message")
-            out.oversized += 1
-            dead.append((i, "oversized_message"))
-            continue
-        value = bytes(view[starts[i]:ends[i]])
-        kind = sniff_format(value) if fmt == "auto" else fmt
-        if kind == "ndjson":
-            lines.append(i)
-        else:
-            _decode_one(decoder, value, kind, i, batches, rej, dead if dead_letters else None)
-    if lines:
-        values = [bytes(view[starts[i]:ends[i]]) for i in lines]
-        batch, r = decoder.decode(b"\n".join(values), "ndjson")
-        if r and dead_letters:
-            # Find the culprits: decode message by message (keys intern idempotently).
-            for i, value in zip(lines, values, strict=True):
-                _decode_one(decoder, value, "ndjson", i, batches, rej, dead)
-        else:
-            rej.update(r)
-            batches.append(batch)
-    out.batch = EventBatch.concat([b for b in batches if len(b)])
-    dead.sort()  # in message order, whatever the reason
-    return out
-
-
-def _decode_one(decoder: EventDecoder, value: bytes, fmt: str, index: int, batches: list[EventBatch],
-                rej: Rejections, dead: list[tuple[int, str]] | None) -> None:
-    batch, r = decoder.decode(value, fmt)
-    if len(batch):
-        batches.append(batch)
-    if r:
-        rej.update(r)
-        if dead is not None:
-            dead.append((index, ",".join(sorted(r))))
-
-
-# ------------------------------------------------------------------------------------------ worker
-
-
-@dataclass(frozen=True, slots=True)
-class _Task:
-    slot: str | None  # shared memory name, or None: ``payload`` carries the data
-    n: int
-    nbytes: int
-    out_offset: int
-    capacity: int
-    payload: tuple[bytes, bytes] | None = None  # (lengths as int64 bytes, data) without a slot
-
-
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    pid: int
-    first_key: int  # worker-local id of new_keys[0]
-    new_keys: list[EventKey]
-    n_events: int
-    columns: tuple[Any, ...] | None  # the arrays when they did not fit the slot
-    rejections: dict[str, int]
-    dead: list[tuple[int, str]]
-    n_messages: int
-    oversized: int
-
-
-class _Worker:
-    def __init__(self, config: EventsConfig, fmt: str, max_message_bytes: int, dead_letters: bool) -> None:
-        self.keys = KeyTable()
-        self.decoder = EventDecoder(config, self.keys)
-        self.fmt, self.max_message_bytes, self.dead_letters = fmt, max_message_bytes, dead_letters
-        self.reported = 0
-        self.attached: dict[str, shared_memory.SharedMemory] = {}
-
-    def attach(self, name: str) -> shared_memory.SharedMemory:
-        shm = self.attached.get(name)
-        if shm is None:
-            if len(self.attached) >= 64:  # slots replaced by the pool: let the old ones go
-                for old in list(self.attached.values())[:32]:
-                    with contextlib.suppress(BufferError, OSError):
-                        old.close()
-                self.attached = dict(list(self.attached.items())[32:])
-            shm = self.attached[name] = shared_memory.SharedMemory(name)
-        return shm
-
-    def run(self, task: _Task) -> _Reply:
-        if task.slot is None:
-            assert task.payload is not None
-            lengths = np.frombuffer(task.payload[0], np.int64)
-            decoded = self._decode(task.payload[1], lengths)
-            return self._reply(decoded, columns=_columns_of(decoded.batch))
-        buf = _buf(self.attach(task.slot))
-        lengths = np.frombuffer(buf, np.int64, task.n, 0)
-        data = buf[8 * task.n:8 * task.n + task.nbytes]
-        decoded = self._decode(data, lengths)
-        del data, lengths  # no view of the slot outlives the task
-        m = len(decoded.batch)
-        if task.out_offset + m * COLUMN_BYTES > task.capacity:
-            return self._reply(decoded, columns=_columns_of(decoded.batch))
-        for column, dst in zip(_columns_of(decoded.batch), _slot_views(buf, task.out_offset, m), strict=True):
-            dst[:] = column
-        return self._reply(decoded, columns=None)
-
-    def _decode(self, data: Any, lengths: npt.NDArray[np.int64]) -> Decoded:
-        return decode_messages(self.decoder, data, lengths, fmt=self.fmt,
-                               max_message_bytes=self.max_message_bytes, dead_letters=self.dead_letters)
-
-    def _reply(self, decoded: Decoded, columns: tuple[Any, ...] | None) -> _Reply:
-        first, new = self.reported, self.keys.keys[self.reported:]
-        self.reported = len(self.keys)
-        return _Reply(os.getpid(), first, new, len(decoded.batch), columns, dict(decoded.rejections),
-                      decoded.dead, decoded.n_messages, decoded.oversized)
-
-
-def _buf(shm: shared_memory.SharedMemory) -> memoryview:
-    buf = shm.buf
-    if buf is None:
-        raise DecodeWorkerError(f"shared memory {shm.name} is closed")
-    return buf
-
-
-def _columns_of(batch: EventBatch) -> tuple[Any, ...]:
-    return batch.ts_ns, batch.latency_us, batch.weight, batch.key, batch.status
-
-
-def _slot_views(buf: Any, offset: int, m: int) -> list[npt.NDArray[Any]]:
-    views = []
-    for dtype in (np.int64, np.float64, np.int64, np.int32, np.int16):
-        views.append(np.frombuffer(buf, dtype, m, offset))
-        offset += m * np.dtype(dtype).itemsize
-    return views
-
-
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    error: str
-
-
-def _worker_main(conn: Connection, config: EventsConfig, fmt: str, max_message_bytes: int,
-                 dead_letters: bool) -> None:
-    """A worker process: answer each task read from ``conn``; leave at end of file or on None."""
-    # The daemon owns the lifecycle: a terminal's Ctrl-C or a service manager's SIGTERM to the
-    # whole group must not kill a worker under a daemon that is shutting down cleanly. When the
-    # daemon's process goes away, its end of the pipe closes and recv() ends the loop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    worker = _Worker(config, fmt, max_message_bytes, dead_letters)
-    conn.send(os.getpid())
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        try:
-            reply: _Reply | _Failed = worker.run(task)
-        except Exception as e:  # a bug, not bad data: report it, the daemon stops with it
-            reply = _Failed(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
-        try:
-            conn.send(reply)
-        except (EOFError, OSError):
-            return
-
-
-# ------------------------------------------------------------------------------------------ pool
-
 
 class _Slot:
     """One shared-memory block, reused task after task; replaced by a bigger one when needed."""
@@ -344,7 +123,7 @@ class _Proc:
 
     def __init__(self, ctx: Any, args: tuple[Any, ...]) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, *args), name="sloburn-decode",
+        self.process = ctx.Process(target=worker_main, args=(child, *args), name="sloburn-decode",
                                    daemon=True)
         self.process.start()
         child.close()
@@ -469,10 +248,10 @@ class DecodePool:
                 fut = proc.waiting.popleft()
                 if fut.done():
                     continue
-                if isinstance(reply, _Failed):
+                if isinstance(reply, Failed):
                     fut.set_exception(DecodeWorkerError(f"decode worker {proc.pid} failed: {reply.error}"))
                     continue
-                if isinstance(reply, _Reply):
+                if isinstance(reply, Reply):
                     # Here, in the worker's own order: fetches are collected concurrently, so a
                     # later reply of this worker may be applied before an earlier one.
                     try:
@@ -546,12 +325,12 @@ class DecodePool:
                 return fut
             self.tasks_via_pipe += 1
             proc = idle[0]
-            task = _Task(None, n, nbytes, 0, 0, (lengths.tobytes(), b"\n".join(values)))
+            task = Task(None, n, nbytes, 0, 0, (lengths.tobytes(), b"\n".join(values)))
         else:
-            buf = _buf(slot.shm)
+            buf = shm_buffer(slot.shm)
             buf[:8 * n] = lengths.tobytes()
             _write_joined(buf, 8 * n, values, nbytes)
-            task = _Task(slot.shm.name, n, nbytes, out_offset, slot.size)
+            task = Task(slot.shm.name, n, nbytes, out_offset, slot.size)
             proc = min(self._procs, key=lambda p: len(p.waiting))
         inner: asyncio.Future[Any] = loop.create_future()
         try:
@@ -636,7 +415,7 @@ class DecodePool:
             self._pending -= 1
             self._inflight_bytes -= nbytes
 
-    def _learn(self, reply: _Reply) -> None:
+    def _learn(self, reply: Reply) -> None:
         """Intern the keys a worker reports as new, and extend its id map."""
         mapping = self._maps.get(reply.pid, np.empty(0, np.int32))
         if reply.first_key != len(mapping):
@@ -646,7 +425,7 @@ class DecodePool:
             added = np.fromiter((self.keys.intern(k) for k in reply.new_keys), np.int32, len(reply.new_keys))
             self._maps[reply.pid] = np.concatenate([mapping, added])
 
-    def _apply(self, reply: _Reply, slot: _Slot | None, task: _Task) -> EventBatch:
+    def _apply(self, reply: Reply, slot: _Slot | None, task: Task) -> EventBatch:
         """Copy the columns out of the slot and map the worker's key ids to the caller's."""
         mapping = self._maps.get(reply.pid, np.empty(0, np.int32))
         m = reply.n_events
@@ -656,7 +435,9 @@ class DecodePool:
             ts, lat, weight, key, status = reply.columns
         else:
             assert slot is not None
-            ts, lat, weight, key, status = (v.copy() for v in _slot_views(_buf(slot.shm), task.out_offset, m))
+            views = column_views(shm_buffer(slot.shm), task.out_offset, m)
+            ts, lat, weight, key, status = (v.copy() for v in views)
+            del views
         return EventBatch(ts, mapping[key], status, lat, weight)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -425,6 +427,25 @@ async def test_a_task_that_dies_stops_the_daemon_with_exit_code_1(
         code = await asyncio.wait_for(run.task, 15)
     assert code == 1
     assert any("failed, stopping the daemon" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_decode_worker_that_dies_stops_the_daemon_with_exit_code_1(
+        kafka_broker: str, kafka_topic_factory: Callable[..., str], pd_receiver: PagerDutyReceiver,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    topic = kafka_topic_factory(1)
+    lines = make_traffic(SEED + 7, duration="10m", rate=5, incident_at="5m", incident_for="1m")
+    n = await produce_lines(kafka_broker, topic, lines, per_message=10)
+    cfg = daemon_config(kafka_broker, topic, tmp_path / "state", pd_receiver.url + "/v2/enqueue",
+                        decode_workers=1)
+    async with Running(cfg) as run:
+        await run.caught_up(topic, n, last_ts_s(lines))
+        assert run.daemon is not None and run.daemon.decode_pool is not None
+        os.kill(run.daemon.decode_pool.pids[0], signal.SIGKILL)
+        # The next fetch finds it gone: no evaluation goes on without the decoder.
+        await produce_lines(kafka_broker, topic, lines[-10:], per_message=10)
+        code = await asyncio.wait_for(run.task, 15)  # type: ignore[arg-type]
+    assert code == 1
+    assert any("decode worker" in r.getMessage() and "died" in r.getMessage() for r in caplog.records)
 
 
 async def test_restart_keeps_unchanged_slos_and_sets_a_corrupt_checkpoint_aside(

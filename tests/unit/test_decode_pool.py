@@ -21,9 +21,11 @@ import pytest
 
 from engine.batch import EventBatch, EventKey, KeyTable
 from engine.config import EventsConfig
+from engine.errors import DecodeWorkerError
 from engine.events import EventDecoder
 from engine.io import decode_pool
-from engine.io.decode_pool import Decoded, DecodePool, DecodeWorkerError, _chunks, decode_messages
+from engine.io.decode_pool import DecodePool, _chunks
+from engine.io.decoding import Decoded, decode_messages
 
 T0_MS = 1_700_000_000_000
 SERVICES = ["checkout", "cart", "search"]
