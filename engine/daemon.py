@@ -92,15 +92,21 @@ def tuned_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> Iterator[None]
     an object per Kafka message, and with CPython's defaults full collections over the daemon's heap
     cost as much CPU as consuming the messages themselves (measured with ``bench.daemon_e2e``).
     """
-    before = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*thresholds)
+    _GC_USERS.append(gc.get_threshold())
+    if len(_GC_USERS) == 1:  # daemons in one process (tests, benchmarks) share one setting
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*thresholds)
     try:
         yield
     finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
+        before = _GC_USERS.pop()
+        if not _GC_USERS:
+            gc.set_threshold(*before)
+            gc.unfreeze()
+
+
+_GC_USERS: list[tuple[int, ...]] = []  # collector thresholds saved by each tuned_gc() still open
 
 
 class Source(Protocol):

@@ -337,5 +337,8 @@ def test_tuned_gc_freezes_then_restores_the_collector() -> None:
         assert gc.get_threshold() == GC_THRESHOLDS
         assert gc.get_freeze_count() > 0
         assert len(gc.get_objects(0)) < 1000  # what lived at entry is out of the young generation
+        with tuned_gc():  # a second daemon in the same process
+            assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
