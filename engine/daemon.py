@@ -483,10 +483,12 @@ class Daemon:
                 continue
             # With decodes in flight, only take what the consumer holds already (or nearly).
             result = await self.source.fetch(timeout_ms=5 if inflight else 200)
-            if not result.partitions and not inflight:
-                self._ingest(result, Decoded(n_messages=0))  # positions, lag, rejected null messages
-            elif result.partitions or result.rejections:
+            if result.partitions or result.rejections:
                 inflight.append((result, pool.submit(result.values())))
+            elif not inflight:
+                self._ingest(result, Decoded(n_messages=0))  # positions, lag, rejected null messages
+            else:
+                self._note_lag(result)
             # fetch() returns at once while the consumer holds prefetched records: let the ticker,
             # the delivery loop and HTTP run between two batches.
             await asyncio.sleep(0)
@@ -548,15 +550,18 @@ class Daemon:
             self._last_event_mono = self._mono()
         for part in result.partitions:
             self._positions[(part.topic, part.partition)] = part.next_offset
-        for (topic, partition), lag in result.lag.items():
-            self.metrics.set_lag(topic, partition, lag)
-        if result.lag:
-            self._lag_total = sum(max(0, n) for n in result.lag.values())
+        self._note_lag(result)
         self.messages_consumed += decoded.n_messages
         self.metrics.count_messages(decoded.n_messages)
         self.rejections.update(rej)
         # Advancing per fetch, as the backtest does per chunk, keeps the pending events few.
         self._advance()
+
+    def _note_lag(self, result: FetchResult) -> None:
+        for (topic, partition), lag in result.lag.items():
+            self.metrics.set_lag(topic, partition, lag)
+        if result.lag:
+            self._lag_total = sum(max(0, n) for n in result.lag.values())
 
     def _reject_future(self, batch: EventBatch, rej: Rejections) -> EventBatch:
         if not len(batch):

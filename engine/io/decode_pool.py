@@ -12,11 +12,13 @@ Transport
     task of its own). Each task travels through a slot of shared memory (``multiprocessing.
     shared_memory``): the message lengths (int64) and the values joined by ``\\n``, then the
     columns the worker writes back (``COLUMN_BYTES`` per event). The pipes carry only slot names,
-    counts, rejections and new keys. Slots are reused; there are as many as tasks in flight, and
-    the daemon stops fetching while ``max_inflight_bytes`` of values wait (:attr:`DecodePool.busy`),
-    so ``/dev/shm`` holds about twice that (32 MiB by default). When shared memory is refused
-    (``/dev/shm`` full or missing), tasks go pickled through the pipe for a minute (only to an
-    idle worker, else decoded in the caller): slower, same result.
+    counts, rejections and new keys. Slots are reused, one per task in flight; the daemon stops
+    fetching while ``max_inflight_bytes`` of values wait (:attr:`DecodePool.busy`), and the slots
+    never hold more than twice that plus one slot (34 MiB by default). A slot's pages are
+    reserved when it is made (``posix_fallocate``): /dev/shm is a tmpfs, where a block that does
+    not fit would otherwise fail at its first write, with SIGBUS. A task without a slot (the cap is
+    reached, or /dev/shm is full or missing, which is then retried after a minute) goes pickled
+    through the pipe to an idle worker, else is decoded in the caller: slower, same result.
 
 Keys
     Every worker interns keys in a table of its own and reports, with each result, the keys it
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import multiprocessing
@@ -67,6 +70,7 @@ from engine.io.decoding import (
 
 log = logging.getLogger("sloburn.decode")
 
+_SHM_DIR: Final = "/dev/shm"
 CHUNK_BYTES: Final = 1 << 20
 SLOT_BYTES: Final = 2 << 20
 MAX_INFLIGHT_BYTES: Final = 16 << 20
@@ -76,6 +80,17 @@ class _Slot:
 
     def __init__(self, size: int) -> None:
         self.shm = shared_memory.SharedMemory(create=True, size=size)
+        fd = getattr(self.shm, "_fd", -1)
+        try:
+            # /dev/shm is a tmpfs, where a new block is a sparse file: without reserving its pages
+            # now, a full /dev/shm would show up as SIGBUS at the first write instead of ENOSPC here.
+            if fd >= 0:
+                os.posix_fallocate(fd, 0, size)
+            elif os.statvfs(_SHM_DIR).f_bavail * os.statvfs(_SHM_DIR).f_frsize < size:
+                raise OSError(errno.ENOSPC, f"{_SHM_DIR} has less than {size} bytes free")
+        except OSError:
+            self.release()
+            raise
 
     @property
     def size(self) -> int:
@@ -169,6 +184,7 @@ class DecodePool:
         self._slots: list[_Slot] = []
         self._shm_refused_until = 0.0
         self._max_inflight_bytes = max_inflight_bytes
+        self._max_shm_bytes = 2 * max_inflight_bytes + max(slot_bytes, chunk_bytes)
         self._inflight_bytes = 0
         self._maps: dict[int, npt.NDArray[np.int32]] = {}
         self._pending = 0
@@ -221,20 +237,25 @@ class DecodePool:
         log.info("decode workers started: %d (pids %s)", self.workers, self.pids)
 
     async def stop(self) -> None:
-        """Stop the workers (they finish their current task) and free the shared memory."""
+        """Stop the workers and free the shared memory; tasks still in flight fail."""
         procs, self._procs = self._procs, []
         for proc in procs:
             if self._loop is not None:
                 self._loop.remove_reader(proc.conn.fileno())
             with contextlib.suppress(OSError, ValueError):
                 proc.conn.send(None)
-        for proc in procs:
-            await asyncio.to_thread(proc.process.join, 5.0)
-            if proc.process.is_alive():
-                proc.process.kill()
-                await asyncio.to_thread(proc.process.join, 5.0)
+            # Nobody reads replies any more: a worker blocked sending one gets EPIPE and leaves
+            # instead of waiting for the join timeout.
             proc.conn.close()
             self._fail_waiting(proc, "the decode pool was stopped")
+
+        def join(proc: _Proc) -> None:
+            proc.process.join(5.0)
+            if proc.process.is_alive():
+                proc.process.kill()
+                proc.process.join(5.0)
+
+        await asyncio.gather(*(asyncio.to_thread(join, proc) for proc in procs))
         for slot in self._slots:
             slot.release()
         self._slots.clear()
@@ -242,32 +263,35 @@ class DecodePool:
 
     def _readable(self, proc: _Proc) -> None:
         """Event-loop callback: hand every complete reply of ``proc`` to the future waiting for it."""
+        fut: asyncio.Future[Any] | None = None
         try:
             while proc.conn.poll():
+                fut = None
                 reply = proc.conn.recv()
                 fut = proc.waiting.popleft()
-                if fut.done():
-                    continue
                 if isinstance(reply, Failed):
-                    fut.set_exception(DecodeWorkerError(f"decode worker {proc.pid} failed: {reply.error}"))
-                    continue
+                    raise DecodeWorkerError(f"decode worker {proc.pid} failed: {reply.error}")
                 if isinstance(reply, Reply):
                     # Here, in the worker's own order: fetches are collected concurrently, so a
                     # later reply of this worker may be applied before an earlier one.
-                    try:
-                        self._learn(reply)
-                    except DecodeWorkerError as e:
-                        self._broken = str(e)
-                        fut.set_exception(e)
-                        continue
-                fut.set_result(reply)
-        except (EOFError, OSError) as e:
+                    self._learn(reply)
+                if not fut.done():
+                    fut.set_result(reply)
+        except Exception as e:
+            # The pipe closed (the worker died), a reply could not be read, or keys went out of step:
+            # the replies still due can no longer be matched with their tasks. The pool is broken.
             if self._loop is not None:
                 self._loop.remove_reader(proc.conn.fileno())
-            proc.process.join(1.0)
-            why = f"decode worker {proc.pid} died (exit code {proc.process.exitcode}): {type(e).__name__}"
+            if isinstance(e, DecodeWorkerError):
+                why = str(e)
+            else:
+                proc.process.join(0.1)
+                why = (f"decode worker {proc.pid} died (exit code {proc.process.exitcode}): "
+                       f"{type(e).__name__}: {e}")
             log.error("%s", why)
             self._broken = proc.failed = why
+            if fut is not None and not fut.done():
+                fut.set_exception(DecodeWorkerError(why))
             self._fail_waiting(proc, why)
 
     @staticmethod
@@ -343,30 +367,36 @@ class DecodePool:
         proc.waiting.append(inner)
 
         def finish(done: asyncio.Future[Any]) -> None:
+            failed = done.cancelled() or done.exception() is not None
+            if (fut.done() or failed) and slot is not None:  # nobody applies this reply: slot free
+                self._free.append(slot)
             if fut.done():
                 return
-            if done.exception() is not None:
-                if slot is not None:
-                    self._free.append(slot)
-                fut.set_exception(done.exception())  # type: ignore[arg-type]
+            if failed:
+                fut.set_exception(done.exception() or DecodeWorkerError("decode task cancelled"))
             else:
                 fut.set_result((done.result(), slot, task))
 
         inner.add_done_callback(finish)
+        fut.add_done_callback(_retrieve)  # a fetch given up (shutdown) leaves no unread exception
         return fut
 
     def _take_slot(self, need: int) -> _Slot | None:
         """A free slot of at least ``need`` bytes (reused, replaced or new); None: go by pipe."""
-        if self._free and self._free[-1].size >= need:
-            return self._free.pop()
-        if self._free:  # too small for this task: replace it
-            old = self._free.pop()
-            self._slots.remove(old)
-            old.release()
+        fits = [i for i, slot in enumerate(self._free) if slot.size >= need]
+        if fits:
+            return self._free.pop(fits[-1])
         if self._shm_refused_until > time.monotonic():
             return None
+        size = max(self._slot_bytes, need)
+        while self._free and self._shm_bytes() + size > self._max_shm_bytes:
+            old = self._free.pop(0)  # too small for this task: make room
+            self._slots.remove(old)
+            old.release()
+        if self._shm_bytes() + size > self._max_shm_bytes:
+            return None  # every slot is in flight: this task goes by pipe
         try:
-            slot = _Slot(max(self._slot_bytes, need))
+            slot = _Slot(size)
         except OSError as e:
             # /dev/shm full or missing: this task goes by pipe; try again in a minute.
             self._shm_refused_until = time.monotonic() + 60.0
@@ -374,6 +404,9 @@ class DecodePool:
             return None
         self._slots.append(slot)
         return slot
+
+    def _shm_bytes(self) -> int:
+        return sum(slot.size for slot in self._slots)
 
     @property
     def busy(self) -> bool:
@@ -439,6 +472,11 @@ class DecodePool:
             ts, lat, weight, key, status = (v.copy() for v in views)
             del views
         return EventBatch(ts, mapping[key], status, lat, weight)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _write_joined(buf: memoryview, start: int, values: Sequence[bytes], nbytes: int) -> None:

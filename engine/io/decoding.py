@@ -160,14 +160,15 @@ class Worker:
         self.attached: dict[str, shared_memory.SharedMemory] = {}
 
     def attach(self, name: str) -> shared_memory.SharedMemory:
-        shm = self.attached.get(name)
+        """The slot ``name``, mapped once; the least recently used mappings go past 24."""
+        shm = self.attached.pop(name, None)
         if shm is None:
-            if len(self.attached) >= 64:  # slots replaced by the pool: let the old ones go
-                for old in list(self.attached.values())[:32]:
-                    with contextlib.suppress(BufferError, OSError):
-                        old.close()
-                self.attached = dict(list(self.attached.items())[32:])
-            shm = self.attached[name] = shared_memory.SharedMemory(name)
+            shm = shared_memory.SharedMemory(name)
+            while len(self.attached) >= 24:  # slots the pool replaced (or freed) linger here
+                old = self.attached.pop(next(iter(self.attached)))
+                with contextlib.suppress(BufferError, OSError):
+                    old.close()
+        self.attached[name] = shm  # most recently used last
         return shm
 
     def run(self, task: Task) -> Reply:

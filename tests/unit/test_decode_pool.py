@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,7 +173,8 @@ def test_workers_give_what_the_loop_gives(workers: int) -> None:
     for s in ("zzz", "checkout"):
         restored.intern(EventKey(s, "/", ""))
     inline, keys0, _ = run_pool(fetches, workers=0, keys=KeyTable(restored.keys.copy(), dict(restored._ids)))
-    pooled, keys1, pool = run_pool(fetches, workers=workers, keys=restored, chunk_bytes=8192)
+    pooled, keys1, pool = run_pool(fetches, workers=workers, keys=restored, chunk_bytes=8192,
+                                   slot_bytes=65536)
     assert summary(pooled, keys1) == summary(inline, keys0)
     assert sum(len(d.batch) for d in pooled) > 10_000
     assert pool.tasks_via_pipe == 0 and pool.tasks_local == 0
@@ -342,3 +344,62 @@ def test_tuned_gc_freezes_then_restores_the_collector() -> None:
         assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_stop_with_large_replies_in_flight_is_quick() -> None:
+    # Tiny events: columns do not fit the small slots and come back through the pipe (~6 MB a
+    # reply), so workers are blocked writing them when the pool stops.
+    values = [b"\n".join(b'{"ts":%d,"service":"a"}' % (T0_MS + i) for i in range(200_000))]
+    pool = DecodePool(EventsConfig(), KeyTable(), fmt="ndjson", max_message_bytes=1 << 30,
+                      dead_letters=False, workers=2, slot_bytes=4096)
+
+    async def go() -> float:
+        await pool.start()
+        futures = [pool.submit(values) for _ in range(8)]
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        await pool.stop()
+        seconds = time.monotonic() - t0
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert all(isinstance(o, Decoded | DecodeWorkerError) for o in outcomes), outcomes
+        assert any(isinstance(o, DecodeWorkerError) for o in outcomes)  # some were in flight
+        return seconds
+
+    assert asyncio.run(go()) < 3.0
+    assert not any(_alive(pid) for pid in pool.pids)
+
+
+SHM_FULL = """
+import asyncio
+from engine.batch import KeyTable
+from engine.config import EventsConfig
+from engine.io.decode_pool import DecodePool
+LINE = b'{"ts":1700000000000,"service":"checkout","route":"/pay","status":200,"latency_ms":12.5}'
+async def main():
+    pool = DecodePool(EventsConfig(), KeyTable(), fmt="ndjson", max_message_bytes=1 << 20,
+                      dead_letters=False, workers=1)
+    await pool.start()
+    values = [b"\\n".join([LINE] * 100)] * 200  # about 1.8 MB a fetch
+    futures = [pool.submit(values) for _ in range(4)]
+    print(sum([len((await f).batch) for f in futures]), pool.tasks_via_pipe + pool.tasks_local, flush=True)
+    await pool.stop()
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_a_full_dev_shm_falls_back_instead_of_crashing(tmp_path: Path) -> None:
+    """A 4 MiB /dev/shm (a private mount namespace): no SIGBUS, every event decoded."""
+    script = tmp_path / "shm_full.py"
+    script.write_text(SHM_FULL)
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False) \
+        if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("needs unshare -m (a private mount namespace) to mount a small /dev/shm")
+    cmd = f"mount -t tmpfs -o size=4m tmpfs /dev/shm && exec {sys.executable} {script}"
+    done = subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True, timeout=120,
+                          check=False, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    events, fallbacks = map(int, done.stdout.split())
+    assert events == 4 * 200 * 100
+    assert fallbacks >= 1
