@@ -14,7 +14,7 @@ Transport
     columns the worker writes back (``COLUMN_BYTES`` per event). The pipes carry only slot names,
     counts, rejections and new keys. Slots are reused, one per task in flight; the daemon stops
     fetching while ``max_inflight_bytes`` of values wait (:attr:`DecodePool.busy`), and the slots
-    never hold more than twice that plus one slot (34 MiB by default). A slot's pages are
+    never hold more than three times that (48 MiB by default). A slot's pages are
     reserved when it is made (``posix_fallocate``): /dev/shm is a tmpfs, where a block that does
     not fit would otherwise fail at its first write, with SIGBUS. A task without a slot (the cap is
     reached, or /dev/shm is full or missing, which is then retried after a minute) goes pickled
@@ -184,7 +184,9 @@ class DecodePool:
         self._slots: list[_Slot] = []
         self._shm_refused_until = 0.0
         self._max_inflight_bytes = max_inflight_bytes
-        self._max_shm_bytes = 2 * max_inflight_bytes + max(slot_bytes, chunk_bytes)
+        # In flight: up to max_inflight_bytes of values, plus the fetch that crossed the line, in
+        # slots about twice the size of their values.
+        self._max_shm_bytes = 3 * max_inflight_bytes
         self._inflight_bytes = 0
         self._maps: dict[int, npt.NDArray[np.int32]] = {}
         self._pending = 0
