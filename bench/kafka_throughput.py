@@ -31,7 +31,9 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.io.broker import EmbeddedBroker, create_topics
-from engine.io.kafka import KafkaSource, KafkaSourceConfig, produce_lines
+from engine.io.kafka import KafkaSource
+from engine.io.kafka_config import KafkaSourceConfig
+from engine.io.kafka_produce import produce_lines
 
 SERVICES = ("checkout", "cart", "search", "payments", "catalog", "auth")
 ROUTES = ("/", "/api/v1/items", "/api/v1/cart", "/api/v1/pay", "/login", "/healthz")

@@ -114,8 +114,8 @@ def resolve_state_dir(cfg: Config, config_path: str | None, where: str) -> Path:
 
 
 def kafka_source_config(cfg: Config, where: str) -> Any:
-    """The :class:`engine.io.kafka.KafkaSourceConfig` of ``source.kafka``."""
-    from engine.io.kafka import KafkaSourceConfig
+    """The :class:`engine.io.kafka_config.KafkaSourceConfig` of ``source.kafka``."""
+    from engine.io.kafka_config import KafkaSourceConfig
 
     k = cfg.source.kafka
     if k is None:

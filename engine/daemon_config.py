@@ -21,7 +21,7 @@ variables or files that hold them.
     daemon: {checkpoint_interval_s: 10, idle_after_s: 30}
     budget_policy: {warning_below_percent: 50, freeze_below_percent: 10}
 
-The Kafka and PagerDuty sections mirror :class:`engine.io.kafka.KafkaSourceConfig` and
+The Kafka and PagerDuty sections mirror :class:`engine.io.kafka_config.KafkaSourceConfig` and
 :class:`engine.io.pagerduty.PagerDutyConfig` field for field (``bootstrap`` is that config's
 ``bootstrap_servers``); they live here so that reading a config never imports a network client.
 """

@@ -24,8 +24,10 @@ from engine.config import Config, parse_config
 from engine.daemon import Daemon
 from engine.daemon_config import KafkaSection, KafkaSecurity, PagerDutySection
 from engine.generate import compile_scenario, format_ndjson, generate_events, parse_scenario
-from engine.io.kafka import KafkaSecurity as SourceSecurity
-from engine.io.kafka import KafkaSource, KafkaSourceConfig, produce_lines
+from engine.io.kafka import KafkaSource
+from engine.io.kafka_config import KafkaSecurity as SourceSecurity
+from engine.io.kafka_config import KafkaSourceConfig
+from engine.io.kafka_produce import produce_lines
 from engine.io.outbox import Outbox
 from engine.io.pagerduty import PagerDutyConfig
 from engine.io.pd_receiver import PagerDutyReceiver, validate_alert_event

@@ -33,16 +33,9 @@ from engine.io.broker import (
     free_port,
     wait_for_kafka,
 )
-from engine.io.kafka import (
-    DEAD_LETTER_HEADERS,
-    FetchResult,
-    KafkaSource,
-    KafkaSourceConfig,
-    SourceError,
-    connection_kwargs,
-    join_ndjson,
-    produce_lines,
-)
+from engine.io.kafka import DEAD_LETTER_HEADERS, FetchResult, KafkaSource, SourceError, join_ndjson
+from engine.io.kafka_config import KafkaSourceConfig, connection_kwargs
+from engine.io.kafka_produce import produce_lines
 
 pytestmark = pytest.mark.integration
 
