@@ -392,15 +392,8 @@ class EventDecoder:
         if n == 0:
             return EventBatch.empty()
         key = self._keys_of(events)
-        ts_ns = None
-        if int_ts:
-            try:
-                ts_ns, bad_ts = self._scale_int(np.fromiter(map(_GET_TS, events), np.int64, n))
-                missing_ts = np.zeros(n, np.bool_)
-            except OverflowError:  # beyond int64 (msgspec decodes up to uint64): the general way
-                ts_ns = None
-        if ts_ns is None:
-            ts_ns, missing_ts, bad_ts = self._timestamps(list(map(_GET_TS, events)))
+        known = self._int_timestamps(events) if int_ts else None
+        ts_ns, missing_ts, bad_ts = known or self._timestamps(list(map(_GET_TS, events)))
         try:
             status = np.fromiter(map(_GET_STATUS, events), np.int16, n)
         except TypeError:  # some are None
@@ -453,6 +446,15 @@ class EventDecoder:
         if not service:
             return -1
         return self.keys.intern(EventKey(service, route or "", method or "", labels or ()))
+
+    def _int_timestamps(self, events: list[Any]) -> tuple[Int64s, Bools, Bools] | None:
+        """``ts`` that the known decoder took as ints -> (ns, missing mask, bad mask); None beyond int64."""
+        try:
+            raw = np.fromiter(map(_GET_TS, events), np.int64, len(events))
+        except OverflowError:  # msgspec decodes up to uint64: those take the general way
+            return None
+        ns, bad = self._scale_int(raw)
+        return ns, np.zeros(len(events), np.bool_), bad
 
     def _timestamps(self, values: list[Any]) -> tuple[Int64s, Bools, Bools]:
         """ts values as decoded -> (ns, missing mask, bad mask)."""

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import math
 import multiprocessing
@@ -70,7 +69,6 @@ from engine.io.decoding import (
 
 log = logging.getLogger("sloburn.decode")
 
-_SHM_DIR: Final = "/dev/shm"
 CHUNK_BYTES: Final = 1 << 20
 SLOT_BYTES: Final = 2 << 20
 MAX_INFLIGHT_BYTES: Final = 16 << 20
@@ -80,14 +78,10 @@ class _Slot:
 
     def __init__(self, size: int) -> None:
         self.shm = shared_memory.SharedMemory(create=True, size=size)
-        fd = getattr(self.shm, "_fd", -1)
+        # /dev/shm is a tmpfs, where a new block is a sparse file: without reserving its pages now,
+        # a full /dev/shm would show up as SIGBUS at the first write instead of ENOSPC here.
         try:
-            # /dev/shm is a tmpfs, where a new block is a sparse file: without reserving its pages
-            # now, a full /dev/shm would show up as SIGBUS at the first write instead of ENOSPC here.
-            if fd >= 0:
-                os.posix_fallocate(fd, 0, size)
-            elif os.statvfs(_SHM_DIR).f_bavail * os.statvfs(_SHM_DIR).f_frsize < size:
-                raise OSError(errno.ENOSPC, f"{_SHM_DIR} has less than {size} bytes free")
+            os.posix_fallocate(self.shm._fd, 0, size)  # type: ignore[attr-defined]  # POSIX: its file
         except OSError:
             self.release()
             raise

@@ -4,7 +4,7 @@ The daemon owns offsets. Auto-commit is off: :meth:`KafkaSource.commit` is calle
 checkpoint covering the offsets is on disk, and :meth:`KafkaSource.seek` restores the offsets of a
 checkpoint at start (applied when the group assigns the partition). :meth:`KafkaSource.fetch` hands
 back message values as ``bytes`` per partition; decoding is the caller's job
-(:meth:`FetchResult.decode` joins NDJSON values and calls a decoder once per fetch).
+(:func:`engine.io.decoding.decode_messages`, in the daemon's decode workers).
 
 A broker that cannot be reached is not an error: the source keeps trying with capped exponential
 backoff and reports ``connecting`` with the last error in :attr:`KafkaSource.state`, for
@@ -29,7 +29,7 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from engine.batch import EventBatch, Rejections
+from engine.batch import Rejections
 from engine.errors import EngineError
 from engine.io.kafka_config import KafkaSourceConfig, connection_kwargs
 
@@ -152,23 +152,6 @@ class FetchResult:
             return self.partitions[0].values
         return [v for p in self.partitions for v in p.values]
 
-    def join_ndjson(self) -> bytes:
-        """All values as one NDJSON buffer (see :func:`join_ndjson`)."""
-        return join_ndjson(self.values())
-
-    def decode(
-        self, decode: Callable[[bytes], tuple[EventBatch, Rejections]]
-    ) -> tuple[EventBatch, Rejections]:
-        """Decode every value with one call of ``decode`` on the joined NDJSON buffer.
-
-        The returned rejections include this fetch's own (``null_message``, ``empty_message``).
-        """
-        if not self.partitions:
-            return EventBatch.empty(), Rejections(self.rejections)
-        batch, rejections = decode(self.join_ndjson())
-        merged = Rejections(rejections)
-        merged.update(self.rejections)
-        return batch, merged
 
 
 def join_ndjson(values: list[bytes]) -> bytes:

@@ -34,6 +34,7 @@ from engine.io.checkpoint import Checkpoint, CheckpointStore
 from engine.io.pd_receiver import PagerDutyReceiver
 from engine.store import restore
 from tests.integration.test_daemon import ROUTING_KEY, daemon_config, last_ts_s, make_traffic
+from tests.processes import process_alive
 
 pytestmark = pytest.mark.integration
 
@@ -106,15 +107,6 @@ class Child:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, dead but not reaped, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def wait_for_log(child: Child, text: str, count: int, timeout_s: float = 20) -> None:

@@ -22,8 +22,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from engine.batch import EventBatch, KeyTable, Rejections
+from engine.batch import KeyTable, Rejections
+from engine.config import EventsConfig
 from engine.errors import ConfigError
+from engine.events import EventDecoder
 from engine.io.broker import (
     TANSU_ENV_VAR,
     BrokerError,
@@ -33,6 +35,7 @@ from engine.io.broker import (
     free_port,
     wait_for_kafka,
 )
+from engine.io.decoding import decode_messages
 from engine.io.kafka import DEAD_LETTER_HEADERS, FetchResult, KafkaSource, SourceError, join_ndjson
 from engine.io.kafka_config import KafkaSourceConfig, connection_kwargs
 from engine.io.kafka_produce import produce_lines
@@ -208,36 +211,26 @@ async def test_null_and_empty_messages_are_counted_not_lost(
     assert [p.next_offset for r in results for p in r.partitions][-1] == 5
 
 
-async def test_decode_joins_values_and_merges_rejections(
+async def test_fetched_values_decode_in_one_call(
     kafka_broker: str, kafka_topic_factory: Callable[..., str]
 ) -> None:
+    """What the daemon's decode workers get: the values of a fetch, decoded in one call."""
     topic = kafka_topic_factory(1)
-    await produce_lines(kafka_broker, topic, [b'{"ts": 1, "service": "a", "status": 200}',
+    t1, t2 = 1_700_000_000_000_000_001, 1_700_000_000_000_000_002  # nanoseconds
+    await produce_lines(kafka_broker, topic, [b'{"ts": %d, "service": "a", "status": 200}' % t1,
                                               b"not json",
-                                              b'{"ts": 2, "service": "b", "status": 503}'])
+                                              b'{"ts": %d, "service": "b", "status": 503}' % t2])
     keys = KeyTable()
-
-    def decode(buf: bytes) -> tuple[EventBatch, Rejections]:
-        rej = Rejections()
-        ts, key, status = [], [], []
-        for line in buf.splitlines():
-            try:
-                doc = msgspec.json.decode(line)
-            except msgspec.DecodeError:
-                rej.add("malformed_json")
-                continue
-            ts.append(doc["ts"])
-            key.append(keys.intern_parts(doc["service"]))
-            status.append(doc["status"])
-        return EventBatch.from_arrays(ts, key, status), rej
-
     async with KafkaSource(source_config(kafka_broker, topic)) as source:
         results = await fetch_until(source, lambda rs: n_messages(rs) >= 3)
-    merged = FetchResult([p for r in results for p in r.partitions])
-    batch, rejections = merged.decode(decode)
-    assert batch.ts_ns.tolist() == [1, 2] and batch.status.tolist() == [200, 503]
+    values = FetchResult([p for r in results for p in r.partitions]).values()
+    decoded = decode_messages(EventDecoder(EventsConfig(), keys), b"\n".join(values),
+                              np.array([len(v) for v in values], np.int64), fmt="ndjson",
+                              max_message_bytes=1 << 20, dead_letters=False)
+    batch = decoded.batch
+    assert batch.ts_ns.tolist() == [t1, t2] and batch.status.tolist() == [200, 503]
     assert [keys.keys[k].service for k in batch.key] == ["a", "b"]
-    assert rejections == {"malformed_json": 1}
+    assert decoded.rejections == {"malformed_json": 1}
 
 
 async def test_commit_then_same_group_resumes_from_committed(kafka_broker: str, kafka_topic: str) -> None:

@@ -27,6 +27,7 @@ from engine.events import EventDecoder
 from engine.io import decode_pool
 from engine.io.decode_pool import DecodePool, _chunks
 from engine.io.decoding import Decoded, decode_messages
+from tests.processes import process_alive
 
 T0_MS = 1_700_000_000_000
 SERVICES = ["checkout", "cart", "search"]
@@ -249,7 +250,7 @@ def test_workers_ignore_sigterm_and_sigint() -> None:
             assert got.n_messages == 20 and len(got.batch) > 0
         finally:
             await pool.stop()
-        assert not any(_alive(pid) for pid in pool.pids)
+        assert not any(process_alive(pid) for pid in pool.pids)
 
     asyncio.run(go())
 
@@ -276,15 +277,6 @@ def test_stop_frees_shared_memory() -> None:
         assert not [n for n in names if (Path("/dev/shm") / n.lstrip("/")).exists()]
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, dead but not reaped, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_workers_leave_when_the_daemon_process_is_killed(tmp_path: Path) -> None:
     script = tmp_path / "owner.py"
     script.write_text(
@@ -303,11 +295,11 @@ def test_workers_leave_when_the_daemon_process_is_killed(tmp_path: Path) -> None
     with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
         pids = [int(p) for p in proc.stdout.readline().split()]
-        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        assert len(pids) == 2 and all(process_alive(p) for p in pids)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in pids):
+        while any(process_alive(p) for p in pids):
             assert time.monotonic() < deadline, f"orphaned decode workers {pids}"
             time.sleep(0.05)
 
@@ -366,7 +358,7 @@ def test_stop_with_large_replies_in_flight_is_quick() -> None:
         return seconds
 
     assert asyncio.run(go()) < 3.0
-    assert not any(_alive(pid) for pid in pool.pids)
+    assert not any(process_alive(pid) for pid in pool.pids)
 
 
 SHM_FULL = """

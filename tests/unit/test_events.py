@@ -487,6 +487,36 @@ def test_new_keys_after_warm_up_match_a_fresh_decoder() -> None:
         assert rej == want_rej
 
 
+def test_learned_integer_timestamps_give_way_to_other_kinds() -> None:
+    """After buffers of integer ``ts`` the known decoder takes ints only; other kinds still decode right."""
+    warm = decoder()
+    ints = ndjson(*({"ts": T0_S + i, "service": "a"} for i in range(20)))
+
+    def same_as_fresh(data: bytes) -> None:
+        got, rej = warm.decode(data, "ndjson")
+        fresh = decoder()
+        want, want_rej = fresh.decode(data, "ndjson")
+        assert rows(warm, got) == rows(fresh, want), data
+        assert rej == want_rej, data
+
+    for _ in range(3):
+        same_as_fresh(ints)
+    assert warm._known_int_ts  # the int-only decoder is in use
+    same_as_fresh(ndjson({"ts": T0_S * 10**9 + 7, "service": "a"}, {"ts": T0_S * 1000 + 7, "service": "a"}))
+    assert warm._known_int_ts  # still: every unit is an int
+    # Ints beyond int64 pass msgspec's int (up to uint64) and go the general way for this buffer.
+    same_as_fresh(ndjson({"ts": 2**63, "service": "a"}, {"ts": 2**64 - 1, "service": "a"},
+                         {"ts": -5, "service": "a"}))
+    buffers = [
+        ndjson({"ts": T0_S + 0.25, "service": "a"}, {"ts": T0_S, "service": "a"}),
+        ndjson({"ts": "2023-11-14T22:13:20.5Z", "service": "a"}),
+        ndjson({"ts": None, "service": "a"}, {"service": "a"}, {"ts": True, "service": "a"}),
+        ints,
+    ]
+    for data in buffers:
+        same_as_fresh(data)
+
+
 def test_many_distinct_routes_stay_correct(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("engine.events._LITERAL_MAX", 5)
     dec = decoder()
