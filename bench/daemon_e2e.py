@@ -100,6 +100,17 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mib(pid: int) -> float:
+    """Private anonymous resident memory of process ``pid`` in MiB (``RssAnon`` of Linux ``/proc``:
+    shared libraries and shared-memory slots excluded; NaN elsewhere)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        line = next(x for x in status if x.startswith("RssAnon:"))
+    except (OSError, StopIteration):
+        return float("nan")
+    return int(line.split()[1]) / 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     """One read of a topic: events/s and the CPU seconds each process spent meanwhile."""
@@ -109,6 +120,7 @@ class Run:
     broker_cpu_s: float
     reader_cpu_s: float
     workers_cpu_s: float = 0.0
+    workers_rss_mib: float = 0.0  # private resident memory (RssAnon) of the largest decode worker
 
 
 async def daemon_rate(bootstrap: str, topic: str, n_messages: int, per_message: int, pd_url: str,
@@ -139,10 +151,11 @@ async def daemon_rate(bootstrap: str, topic: str, n_messages: int, per_message: 
                 await asyncio.sleep(0.002)
             seconds = time.perf_counter() - t0
             cpu = [cpu_seconds(p) - c for p, c in zip((broker_pid, os.getpid(), *workers), cpu0, strict=True)]
+            rss = max((rss_mib(p) for p in workers), default=0.0)
         finally:
             daemon.request_stop()
             await task
-    return Run(n_messages * per_message / seconds, seconds, cpu[0], cpu[1], sum(cpu[2:]))
+    return Run(n_messages * per_message / seconds, seconds, cpu[0], cpu[1], sum(cpu[2:]), rss)
 
 
 async def bare_rate(bootstrap: str, topic: str, n_messages: int, per_message: int, partitions: int,
@@ -339,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                                      run.broker_cpu_s + run.reader_cpu_s + run.workers_cpu_s)
                             t.add_row(str(per_message), name, *(f"{v / m:.3f}" for v in cells))
                     console.print(t)
+                    rss = max(best["daemon"].workers_rss_mib for _, best in rows)
+                    console.print(f"largest decode worker private memory at the end of a run (RssAnon; "
+                                  f"shared libraries and slots excluded): {rss:.0f} MiB")
                 if not args.skip_delay:
                     delays = np.array(await alert_delays(args, broker.bootstrap, receiver, work))
                     t = Table(title=f"Delay from the deciding event to the trigger at the receiver "

@@ -302,7 +302,7 @@ class DaemonSection(_Base, frozen=True):
         Processes that parse message values while the daemon goes on fetching and evaluating
         (:mod:`engine.io.decode_pool`); ``auto`` (default) is one less than the usable CPUs (the
         affinity mask, capped by a container's CPU limit), at most 4; 0 parses in the daemon's own
-        thread. Each worker takes about 45 MB of memory; messages travel through at most 48 MiB of
+        thread. Each worker takes about 60 MiB of private memory; messages travel through at most 48 MiB of
         ``/dev/shm``.
     shutdown_flush_s
         On SIGTERM, how long the outbox may take to deliver what it holds (default 10 s).
